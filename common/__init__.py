@@ -1,0 +1,1 @@
+"""aquarium-sweep library: dataset preparation, models, training, reports and orchestration."""

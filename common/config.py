@@ -1,0 +1,258 @@
+"""The sweep spec: one YAML file names the sweep, its dataset, its store and its variants.
+
+Every variant is `defaults` deep-merged with the variant's own keys, then validated strictly (unknown keys and
+wrong types are errors, named with their place in the file). The resolved variant is hashed; the hash goes into
+every artefact the variant writes, so a changed config is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from common.errors import BadInput
+
+K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+CLASSES = ("fish", "jellyfish", "penguin", "puffin", "shark", "starfish", "stingray")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, validate_default=True)
+
+
+class Augment(Strict):
+    """On-the-fly augmentation of training batches (Keras preprocessing layers, seeded)."""
+
+    flip: bool = True  # horizontal flip
+    rotation: float = Field(0.05, ge=0, le=0.5)  # fraction of a full turn
+    zoom: float = Field(0.1, ge=0, le=0.9)
+    crop: float = Field(0.1, ge=0, lt=0.5)  # fraction trimmed before resizing back (random crop)
+    contrast: float = Field(0.0, ge=0, le=0.9)
+
+
+class Resources(Strict):
+    """What one pod asks Kubernetes for."""
+
+    gpu: int = Field(1, ge=0)
+    cpu: str = "4"
+    memory: str = "16Gi"
+
+
+class Variant(Strict):
+    """One model to train: a from-scratch CNN (`cnn`) or a MobileNetV3Large fine-tune (`finetune`)."""
+
+    name: str
+    kind: Literal["cnn", "finetune"] = "cnn"
+    image_size: int = Field(64, ge=32, le=1024)
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(32, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1)  # cap batches per epoch (smoke runs)
+    learning_rate: float = Field(1e-3, gt=0)
+    lr_factor: float = Field(0.2, gt=0, lt=1)  # ReduceLROnPlateau
+    lr_patience: int = Field(5, ge=0)
+    min_lr: float = Field(1e-6, ge=0)
+    early_stopping_patience: int = Field(15, ge=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: bool = False  # weight the loss by inverse class frequency
+    seed: int = 1337
+    augment: Augment = Augment()
+    # cnn
+    conv_layers: int = Field(3, ge=3, le=8)
+    filters: list[int] = [32, 64, 128]
+    kernel_size: int = Field(3, ge=1, le=11)
+    pool_size: int = Field(2, ge=1, le=4)
+    batch_norm: bool = False
+    dropout: float = Field(0.3, ge=0, lt=1)
+    dense_units: int = Field(128, ge=0)
+    # finetune
+    weights: str = "imagenet"  # imagenet | none | a .weights.h5 path | s3://bucket/key
+    trainable_layers: int = Field(20, ge=0)
+    resources: Resources = Resources()
+
+    @field_validator("name")
+    @classmethod
+    def _k8s_name(cls, v):
+        if not K8S_NAME.match(v) or len(v) > 40:
+            raise ValueError(f"{v!r} is not a valid Kubernetes name: use lowercase letters, digits and '-', at most 40")
+        return v
+
+    @field_validator("filters", mode="before")
+    @classmethod
+    def _filters(cls, v):
+        return [v] if isinstance(v, int) else v
+
+    @model_validator(mode="after")
+    def _filters_match_layers(self):
+        if len(self.filters) == 1:
+            self.filters = self.filters * self.conv_layers
+        if len(self.filters) != self.conv_layers:
+            raise ValueError(f"filters has {len(self.filters)} entries but conv_layers is {self.conv_layers}")
+        if self.image_size // self.pool_size ** self.conv_layers < 1 and self.kind == "cnn":
+            raise ValueError(
+                f"{self.conv_layers} pooling layers of size {self.pool_size} shrink {self.image_size} px to nothing"
+            )
+        return self
+
+    @property
+    def config_hash(self) -> str:
+        """Short sha256 of the resolved config: changes whenever anything that affects training changes."""
+        data = self.model_dump(exclude={"resources"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def job(self) -> str:
+        """The job that trains this variant (`aquarium <job>`)."""
+        return "train-variant" if self.kind == "cnn" else "finetune-variant"
+
+
+class Dataset(Strict):
+    source: str  # local zip, file://, http(s)://, s3://bucket/key, Google Drive link or id
+    sha256: str | None = None
+    synthesize: bool = False
+    prefix: str = "data"  # where `prepare` writes under the store
+
+
+class Kubernetes(Strict):
+    namespace: str = "default"
+    image: str = "aquarium-sweep:latest"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account: str = "aquarium-sweep"
+    s3_secret: str = "aquarium-s3"  # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    queue: str | None = None  # Kueue LocalQueue name
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict] = []
+    backoff_limit: int = Field(3, ge=0)
+    active_deadline_seconds: int = Field(86400, ge=60)
+    ttl_seconds_after_finished: int = Field(604800, ge=0)
+    pending_timeout_seconds: int = Field(600, ge=10)
+    job_resources: Resources = Resources(gpu=0, cpu="2", memory="4Gi")  # prepare and aggregate
+
+
+class Sweep(Strict):
+    name: str
+    dataset: Dataset
+    store: str = "file://./store"
+    endpoint: str | None = None  # S3 endpoint (MinIO); AWS_ENDPOINT_URL wins when set
+    max_parallel: int | None = Field(None, ge=1)
+    defaults: dict = {}
+    variants: list[Variant]
+    kubernetes: Kubernetes = Kubernetes()
+
+    @field_validator("name")
+    @classmethod
+    def _k8s_name(cls, v):
+        if not K8S_NAME.match(v) or len(v) > 20:
+            raise ValueError(f"{v!r} is not a valid Kubernetes name: use lowercase letters, digits and '-', at most 20")
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _unique(cls, v):
+        names = [x.name for x in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate variant names: {', '.join(dupes)}")
+        if not v:
+            raise ValueError("a sweep needs at least one variant")
+        return v
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise BadInput(f"variant {name!r} is not in sweep {self.name!r}; known: {', '.join(self.names)}")
+
+    @property
+    def names(self) -> list[str]:
+        return [v.name for v in self.variants]
+
+    @property
+    def image_sizes(self) -> list[int]:
+        return sorted({v.image_size for v in self.variants})
+
+    @property
+    def prefix(self) -> str:
+        """Store prefix of everything this sweep writes (besides the shared prepared dataset)."""
+        return f"sweeps/{self.name}"
+
+    def variant_prefix(self, name: str) -> str:
+        return f"{self.prefix}/variants/{name}"
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _where(loc: tuple, raw: dict) -> str:
+    """Name the place of a validation error the way a user finds it in the file: variants[2] 'cnn-b'.kernel_size."""
+    parts = []
+    for i, p in enumerate(loc):
+        if isinstance(p, int):
+            name = ""
+            if loc[:i] == ("variants",) and p < len(raw.get("variants") or []):
+                item = raw["variants"][p]
+                name = f" {item.get('name')!r}" if isinstance(item, dict) and "name" in item else ""
+            parts[-1] += f"[{p}]{name}"
+        else:
+            parts.append(str(p))
+    return ".".join(parts) or "(top level)"
+
+
+def _one_line(err: ValidationError, raw: dict, path: str) -> str:
+    e = err.errors()[0]
+    where = _where(tuple(e["loc"]), raw)
+    if e["type"] == "extra_forbidden":
+        key = where.rsplit(".", 1)[-1]
+        return f"{path}: unknown key {key!r} at {where}: remove it or check its spelling"
+    msg = e["msg"].removeprefix("Value error, ")
+    got = f" (got {e['input']!r})" if e["type"] not in ("missing",) and not isinstance(e["input"], dict) else ""
+    return f"{path}: {where}: {msg}{got}"
+
+
+def parse_sweep(raw, path: str = "sweep.yaml") -> Sweep:
+    """Validate a parsed YAML document; every variant gets the defaults merged in first."""
+    if not isinstance(raw, dict):
+        raise BadInput(f"{path}: a sweep spec must be a mapping with name, dataset and variants")
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise BadInput(f"{path}: defaults must be a mapping of variant keys")
+    unknown = sorted(set(defaults) - set(Variant.model_fields) - {"name"})
+    if unknown or "name" in defaults:
+        bad = unknown[0] if unknown else "name"
+        raise BadInput(f"{path}: unknown key {bad!r} at defaults.{bad}: defaults take variant keys except name")
+    resolved = dict(raw)
+    variants = raw.get("variants")
+    if isinstance(variants, list):
+        resolved["variants"] = [deep_merge(defaults, v) if isinstance(v, dict) else v for v in variants]
+    try:
+        sweep = Sweep.model_validate(resolved)
+    except ValidationError as err:
+        raise BadInput(_one_line(err, raw, path)) from None
+    too_long = [v.name for v in sweep.variants if len(f"{sweep.name}-{v.name}") > 52]
+    if too_long:
+        raise BadInput(f"{path}: job name {sweep.name}-{too_long[0]} is over 52 characters: shorten the names")
+    return sweep
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and validate a sweep YAML file (safe loading only)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(f"sweep spec {path} not found: pass --config PATH to an existing YAML file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise BadInput(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    return parse_sweep(raw, str(path))

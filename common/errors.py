@@ -1,0 +1,34 @@
+"""Errors and the exit codes every job uses.
+
+Kubernetes reads a pod's exit code to decide whether a retry can help, so the codes are part of the
+contract with `k8s/` (the variant Job's podFailurePolicy maps EXIT_BAD_INPUT to FailJob).
+"""
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2  # bad configuration or data: retrying cannot help
+EXIT_TRANSIENT = 75  # infrastructure trouble (store unreachable, download failed): retry may help (EX_TEMPFAIL)
+EXIT_INTERRUPTED = 143  # SIGTERM: pod evicted or preempted; rerun resumes from the last checkpoint
+
+
+class AquariumError(Exception):
+    """Base class: carries the exit code the job should end with."""
+
+    exit_code = EXIT_TRANSIENT
+
+
+class BadInput(AquariumError):
+    """Configuration, dataset or argument the user must fix. Message: what, where, how to fix."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class TransientError(AquariumError):
+    """Failure outside the user's input (network, store). A rerun may succeed."""
+
+    exit_code = EXIT_TRANSIENT
+
+
+class Interrupted(AquariumError):
+    """The job received SIGTERM and stopped after saving what it could."""
+
+    exit_code = EXIT_INTERRUPTED

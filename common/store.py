@@ -1,0 +1,248 @@
+"""The object store: the only way pods exchange artefacts.
+
+Two back ends behind one small interface:
+  s3://bucket/prefix  boto3 (MinIO locally, S3 in the cloud). Endpoint from AWS_ENDPOINT_URL (boto3 reads it
+                      itself) or the `endpoint` argument; credentials from the standard AWS chain only.
+                      Transfers use boto3's managed (multipart, threaded) transfer manager; retries use
+                      botocore's `standard` retry mode -- no hand-written loops.
+  file:///dir         a local folder, the embedded default for one machine. A bare path works too.
+
+Keys are '/'-separated and relative to the store root. Every writer puts `_SUCCESS` last (`mark_complete`);
+readers check `is_complete` before trusting a prefix, so a half-written result never counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from common.errors import BadInput, TransientError
+
+SUCCESS = "_SUCCESS"
+
+
+def open_store(uri: str, endpoint: str | None = None) -> "Store":
+    """Open `s3://bucket/prefix`, `file:///dir` or a plain directory path."""
+    uri = str(uri)
+    if uri.startswith("s3://"):
+        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        if not bucket:
+            raise BadInput(f"store URI {uri!r} has no bucket: use s3://BUCKET/PREFIX")
+        return S3Store(bucket, prefix.strip("/"), endpoint)
+    if uri.startswith("file://"):
+        return FileStore(uri[len("file://"):])
+    if "://" in uri:
+        raise BadInput(f"store URI {uri!r}: unsupported scheme; use s3://BUCKET/PREFIX or file:///DIR")
+    return FileStore(uri)
+
+
+def join(*parts: str) -> str:
+    """Join key parts with '/', ignoring empty parts."""
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+class Store:
+    """What every job needs from storage. Subclasses implement the byte and file primitives."""
+
+    uri: str
+
+    def put_bytes(self, key: str, data: bytes) -> None: raise NotImplementedError
+    def get_bytes(self, key: str) -> bytes: raise NotImplementedError  # KeyError if missing
+    def upload(self, key: str, path: str | Path) -> None: raise NotImplementedError
+    def download(self, key: str, path: str | Path) -> None: raise NotImplementedError  # KeyError if missing
+    def exists(self, key: str) -> bool: raise NotImplementedError
+    def list(self, prefix: str) -> list[str]: raise NotImplementedError  # every key under prefix, sorted
+    def delete_prefix(self, prefix: str) -> None: raise NotImplementedError
+
+    def url(self, key: str) -> str:
+        return f"{self.uri}/{key.strip('/')}" if key else self.uri
+
+    def put_text(self, key: str, text: str) -> None:
+        self.put_bytes(key, text.encode())
+
+    def get_text(self, key: str) -> str:
+        return self.get_bytes(key).decode()
+
+    def put_json(self, key: str, obj) -> None:
+        self.put_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def get_json(self, key: str):
+        return json.loads(self.get_bytes(key))
+
+    def mark_complete(self, prefix: str, info: dict | None = None) -> None:
+        """Write `<prefix>/_SUCCESS` -- call it only after everything else under prefix is written."""
+        self.put_json(join(prefix, SUCCESS), info or {})
+
+    def is_complete(self, prefix: str) -> dict | None:
+        """The `_SUCCESS` record of prefix, or None when the prefix is missing or unfinished."""
+        try:
+            return self.get_json(join(prefix, SUCCESS))
+        except KeyError:
+            return None
+
+    def upload_dir(self, prefix: str, folder: str | Path) -> None:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                self.upload(join(prefix, path.relative_to(folder).as_posix()), path)
+
+    def download_dir(self, prefix: str, folder: str | Path) -> None:
+        for key in self.list(prefix):
+            self.download(key, Path(folder) / key[len(prefix):].lstrip("/"))
+
+
+class FileStore(Store):
+    """A local folder. Writes go to a temporary file renamed into place, so a crash never leaves half a file."""
+
+    def __init__(self, root: str):
+        self.root = Path(root).expanduser().resolve()
+        self.uri = "file://" + self.root.as_posix()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise BadInput(f"store key {key!r} escapes the store root {self.root}")
+        return path
+
+    @contextlib.contextmanager
+    def _atomic(self, key: str):
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-" + path.name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def put_bytes(self, key, data):
+        with self._atomic(key) as f:
+            f.write(data)
+
+    def get_bytes(self, key):
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise KeyError(self.url(key)) from None
+
+    def upload(self, key, path):
+        with self._atomic(key) as f, open(path, "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+
+    def download(self, key, path):
+        src = self._path(key)
+        if not src.is_file():
+            raise KeyError(self.url(key))
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, path)
+
+    def exists(self, key):
+        return self._path(key).is_file()
+
+    def list(self, prefix):
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".tmp-")
+        )
+
+    def delete_prefix(self, prefix):
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+
+class S3Store(Store):
+    """An S3 bucket prefix, through boto3's transfer manager and botocore's standard retry mode."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint: str | None = None):
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket, self.prefix = bucket, prefix
+        self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
+        endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        config = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=120)
+        self.client = boto3.client("s3", endpoint_url=endpoint or None, config=config)
+        self.transfer = TransferConfig(multipart_threshold=32 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
+
+    def _key(self, key: str) -> str:
+        return join(self.prefix, key)
+
+    @contextlib.contextmanager
+    def _errors(self, key: str):
+        """Turn botocore's exceptions into the three cases a job acts on: missing, bad input, transient."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            yield
+        except NoCredentialsError:
+            raise BadInput(
+                f"no AWS credentials for {self.uri}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+            ) from None
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise KeyError(self.url(key)) from None
+            if code == "NoSuchBucket":
+                raise BadInput(f"bucket {self.bucket!r} does not exist at {self.uri}: create it first") from None
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise BadInput(f"access denied to {self.url(key)} ({code}): check the S3 credentials") from None
+            raise TransientError(f"S3 error on {self.url(key)}: {code} {e}") from None
+        except BotoCoreError as e:
+            raise TransientError(f"cannot reach the store at {self.uri}: {e}") from None
+
+    def put_bytes(self, key, data):
+        with self._errors(key):
+            self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._key(key), Config=self.transfer)
+
+    def get_bytes(self, key):
+        buf = io.BytesIO()
+        with self._errors(key):
+            self.client.download_fileobj(self.bucket, self._key(key), buf, Config=self.transfer)
+        return buf.getvalue()
+
+    def upload(self, key, path):
+        with self._errors(key):
+            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
+
+    def download(self, key, path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{path}.part"
+        with self._errors(key):
+            self.client.download_file(self.bucket, self._key(key), tmp, Config=self.transfer)
+        os.replace(tmp, path)
+
+    def exists(self, key):
+        try:
+            with self._errors(key):
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except KeyError:
+            return False
+
+    def list(self, prefix):
+        root = join(self.prefix, prefix)
+        root = root + "/" if root else ""
+        keys = []
+        with self._errors(prefix):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root):
+                keys += [obj["Key"] for obj in page.get("Contents", [])]
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(k[strip:] for k in keys)
+
+    def delete_prefix(self, prefix):
+        keys = self.list(prefix)
+        with self._errors(prefix):
+            for i in range(0, len(keys), 1000):
+                objects = [{"Key": self._key(k)} for k in keys[i:i + 1000]]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
