@@ -69,6 +69,7 @@ class Variant(Strict):
     kernel_size: int = Field(3, ge=1, le=11)
     pool_size: int = Field(2, ge=1, le=4)
     batch_norm: bool = False
+    global_pool: bool = False  # GlobalAveragePooling2D instead of Flatten before the head
     dropout: float = Field(0.3, ge=0, lt=1)
     dense_units: int = Field(128, ge=0)
     # finetune
@@ -120,18 +121,22 @@ class Dataset(Strict):
 
 
 class Kubernetes(Strict):
+    """How `aquarium sweep plan|submit` runs the sweep on a cluster (see k8s/ and common/k8s.py)."""
+
     namespace: str = "default"
     image: str = "aquarium-sweep:latest"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    service_account: str = "aquarium-sweep"
-    s3_secret: str = "aquarium-s3"  # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    service_account: str = "aquarium-sweep"  # the pods' identity (no API rights; k8s/rbac.yaml creates it)
+    s3_secret: str | None = "aquarium-s3"  # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; None: IRSA etc.
     queue: str | None = None  # Kueue LocalQueue name
-    node_selector: dict[str, str] = {}
-    tolerations: list[dict] = []
+    node_selector: dict[str, str] = {}  # GPU variants only
+    tolerations: list[dict] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]  # GPU only
     backoff_limit: int = Field(3, ge=0)
     active_deadline_seconds: int = Field(86400, ge=60)
     ttl_seconds_after_finished: int = Field(604800, ge=0)
     pending_timeout_seconds: int = Field(600, ge=10)
+    termination_grace_seconds: int = Field(300, ge=30)  # time a variant gets after SIGTERM to checkpoint
+    tmp_size_limit: str | None = "50Gi"  # emptyDir for /tmp (dataset zip, tensors, checkpoints)
     job_resources: Resources = Resources(gpu=0, cpu="2", memory="4Gi")  # prepare and aggregate
 
 

@@ -57,6 +57,7 @@ class Store:
     def download(self, key: str, path: str | Path) -> None: raise NotImplementedError  # KeyError if missing
     def exists(self, key: str) -> bool: raise NotImplementedError
     def list(self, prefix: str) -> list[str]: raise NotImplementedError  # every key under prefix, sorted
+    def delete(self, key: str) -> None: raise NotImplementedError  # no error if missing
     def delete_prefix(self, prefix: str) -> None: raise NotImplementedError
 
     def url(self, key: str) -> str:
@@ -156,6 +157,9 @@ class FileStore(Store):
             if p.is_file() and not p.name.startswith(".tmp-")
         )
 
+    def delete(self, key):
+        self._path(key).unlink(missing_ok=True)
+
     def delete_prefix(self, prefix):
         shutil.rmtree(self._path(prefix), ignore_errors=True)
 
@@ -239,6 +243,10 @@ class S3Store(Store):
                 keys += [obj["Key"] for obj in page.get("Contents", [])]
         strip = len(self.prefix) + 1 if self.prefix else 0
         return sorted(k[strip:] for k in keys)
+
+    def delete(self, key):
+        with self._errors(key):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def delete_prefix(self, prefix):
         keys = self.list(prefix)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep job logs readable: errors only from TF
 
 import click
 

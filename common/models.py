@@ -1,0 +1,75 @@
+"""The two model families of a sweep.
+
+Both take float32 images in 0..255 exactly as `pipeline.decode_pad_resize` makes them, so a saved
+`model.keras` needs no outside preprocessing: the CNN standardises each image in its first layer, and
+Keras' MobileNetV3 rescales its input itself (it must not be fed standardised images).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from common.config import Variant
+
+
+@keras.saving.register_keras_serializable(package="aquarium")
+class Standardize(layers.Layer):
+    """Per-image standardisation (mean 0, std 1), like tf.image.per_image_standardization, inside the model."""
+
+    def call(self, x):
+        mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        std = ops.std(x, axis=(1, 2, 3), keepdims=True)
+        pixels = ops.cast(ops.prod(ops.shape(x)[1:]), x.dtype)
+        return (x - mean) / ops.maximum(std, 1.0 / ops.sqrt(pixels))
+
+
+def build_cnn(variant: Variant, num_classes: int) -> keras.Model:
+    """The seed's from-scratch CNN: conv(ReLU) + max-pool blocks, dense head, softmax."""
+    inputs = keras.Input((variant.image_size, variant.image_size, 3), name="image")
+    x = Standardize(name="standardize")(inputs)
+    for i, filters in enumerate(variant.filters):
+        x = layers.Conv2D(filters, variant.kernel_size, padding="same", use_bias=not variant.batch_norm,
+                          name=f"conv{i + 1}")(x)
+        if variant.batch_norm:
+            x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
+        x = layers.ReLU(name=f"relu{i + 1}")(x)
+        x = layers.MaxPooling2D(variant.pool_size, padding="same", name=f"pool{i + 1}")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x) if variant.global_pool else layers.Flatten(name="flatten")(x)
+    if variant.dense_units:
+        x = layers.Dropout(variant.dropout, name="dropout1")(x)
+        x = layers.Dense(variant.dense_units, activation="relu", name="dense")(x)
+    x = layers.Dropout(variant.dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=variant.name)
+
+
+def build_finetune(variant: Variant, num_classes: int, weights: str | None) -> keras.Model:
+    """MobileNetV3Large without its top, a new softmax head, only the last `trainable_layers` layers trainable.
+
+    `weights` is 'imagenet' (Keras downloads it), None, or a local weights file (staged from the store).
+    The backbone is called with training=False, so its BatchNorm layers stay in inference mode even where
+    trainable -- fine-tuning on a few hundred images would otherwise wreck their statistics.
+    """
+    size = variant.image_size
+    backbone = keras.applications.MobileNetV3Large(
+        input_shape=(size, size, 3), include_top=False, weights=weights, pooling="avg", include_preprocessing=True
+    )
+    frozen = len(backbone.layers) - variant.trainable_layers
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= frozen
+    inputs = keras.Input((size, size, 3), name="image")
+    x = backbone(inputs, training=False)
+    x = layers.Dropout(variant.dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=variant.name)
+
+
+def compile_model(model: keras.Model, variant: Variant) -> keras.Model:
+    """RMSprop and categorical cross-entropy, as in the seed (label smoothing optional)."""
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=variant.learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=variant.label_smoothing),
+        metrics=["accuracy"],
+    )
+    return model

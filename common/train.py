@@ -1,0 +1,372 @@
+"""One variant, one pod: read the prepared tensors, train, evaluate, write everything to the store.
+
+Follow a variant top to bottom in `run_variant`. The store holds the truth at every moment:
+  status.json  updated at start, every epoch and at the end (phase, epoch, best val accuracy, error);
+  checkpoint/  after every epoch: the model with its optimizer state, the best weights so far and the
+               callbacks' state (state.json, written last, is the commit point), so a killed pod resumes
+               from its last epoch with the same weights, optimizer and callback state;
+  _SUCCESS     only after model.keras, metrics.json and predictions.csv are all written.
+Checkpoint uploads run on a background thread in order, so the next epoch trains while the last one uploads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from common.config import Sweep, Variant
+from common.errors import AquariumError, BadInput, Interrupted
+from common.metrics import classification_metrics, cross_entropy
+from common.pipeline import tensors_from_bytes
+from common.store import Store, join
+
+log = logging.getLogger("aquarium.train")
+SPLITS = ("train", "valid", "test")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Data:
+    classes: list[str]
+    fingerprint: str
+    splits: dict[str, dict[str, np.ndarray]]  # split -> images, labels, filenames
+    bytes_read: int
+
+
+def load_data(store: Store, sweep: Sweep, size: int) -> Data:
+    """The prepared uint8 tensors of one image size; refuses a dataset that `prepare` has not finished."""
+    prefix = sweep.dataset.prefix
+    done = store.is_complete(prefix)
+    if done is None:
+        raise BadInput(f"no prepared dataset at {store.url(prefix)}: run `aquarium prepare --config ...` first")
+    if store.is_complete(join(prefix, "tensors", str(size))) is None:
+        raise BadInput(f"{store.url(prefix)} has no {size}px tensors: rerun `aquarium prepare` with this sweep's"
+                       f" --config (it materialises every image size the sweep needs)")
+    raw = {s: store.get_bytes(join(prefix, "tensors", str(size), f"{s}.npz")) for s in SPLITS}
+    return Data(
+        classes=store.get_json(join(prefix, "classes.json")),
+        fingerprint=str(done.get("fingerprint", "")),
+        splits={s: tensors_from_bytes(b) for s, b in raw.items()},
+        bytes_read=sum(len(b) for b in raw.values()),
+    )
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Inverse class frequency, normalised so a balanced dataset gets weight 1 everywhere."""
+    counts = np.bincount(labels, minlength=num_classes)
+    return {i: float(len(labels) / (num_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
+
+
+def package_versions() -> dict[str, str]:
+    names = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "boto3", "aquarium-sweep")
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Reporter:
+    """status.json and job.log of one variant in the store, kept current for `sweep status` and post-mortems."""
+
+    def __init__(self, store: Store, prefix: str, variant: Variant, workdir: Path):
+        self.store, self.prefix = store, prefix
+        self.log_path = workdir / "job.log"
+        handler = logging.FileHandler(self.log_path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("aquarium").addHandler(handler)
+        self.status = {"phase": "running", "epoch": 0, "epochs": variant.epochs, "best_val_accuracy": None,
+                       "val_accuracy": None, "config_hash": variant.config_hash, "started_at": now(),
+                       "finished_at": None, "error": None, "exit_code": None}
+
+    def update(self, **changes) -> None:
+        self.status.update(changes, updated_at=now())
+        self.store.put_json(join(self.prefix, "status.json"), self.status)
+
+    def upload_log(self) -> None:
+        self.store.upload(join(self.prefix, "job.log"), self.log_path)
+
+
+class StoreCheckpoint(keras.callbacks.Callback):
+    """Checkpoint every epoch to the store; on resume, restore the callbacks' state.
+
+    Keep it last in the callback list: it must see EarlyStopping's and ReduceLROnPlateau's state after they
+    have handled the epoch, and restore theirs after they reset themselves in on_train_begin.
+    """
+
+    def __init__(self, store: Store, prefix: str, workdir: Path, reporter: Reporter, config_hash: str,
+                 early_stop, reduce_lr, resume: dict | None, history: list[dict]):
+        super().__init__()
+        self.store, self.prefix, self.workdir, self.reporter = store, prefix, workdir, reporter
+        self.config_hash = config_hash
+        self.early_stop, self.reduce_lr, self.resume = early_stop, reduce_lr, resume
+        self.history = history
+        self.uploads = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self.pending: list[concurrent.futures.Future] = []
+
+    def on_train_begin(self, logs=None):
+        """Runs after EarlyStopping/ReduceLROnPlateau reset themselves: put back their saved state."""
+        if not self.resume:
+            return
+        for callback, state in ((self.early_stop, self.resume["early_stop"]), (self.reduce_lr,
+                                                                              self.resume["reduce_lr"])):
+            for key, value in state.items():
+                setattr(callback, key, value)
+        best = self.workdir / "best.weights.npz"
+        if best.exists():
+            with np.load(best) as npz:
+                self.early_stop.best_weights = [npz[f"w{i}"] for i in range(len(npz.files))]
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        lr = float(np.asarray(self.model.optimizer.learning_rate))
+        row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
+               "lr": lr}
+        self.history.append(row)
+        improved = self.early_stop.best_epoch == epoch
+        name = f"epoch-{epoch + 1:04d}.keras"
+        self.model.save(self.workdir / name)
+        if improved:
+            np.savez(self.workdir / "best.weights.npz", **{f"w{i}": w for i, w in enumerate(self.early_stop.best_weights)})
+        state = {
+            "config_hash": self.config_hash,
+            "epoch": epoch + 1,
+            "model": name,
+            "history": list(self.history),
+            "early_stop": {k: _plain(getattr(self.early_stop, k)) for k in ("wait", "best", "best_epoch")},
+            "reduce_lr": {k: _plain(getattr(self.reduce_lr, k)) for k in ("wait", "best", "cooldown_counter")},
+        }
+        best = max(r["val_accuracy"] for r in self.history)
+        status = dict(epoch=epoch + 1, val_accuracy=row["val_accuracy"], best_val_accuracy=best, lr=lr)
+        self.pending.append(self.uploads.submit(self._upload, name, improved, state, status))
+        self._raise_upload_errors(block=False)
+
+    def _upload(self, name: str, improved: bool, state: dict, status: dict) -> None:
+        ckpt = join(self.prefix, "checkpoint")
+        self.store.upload(join(ckpt, name), self.workdir / name)
+        if improved:
+            self.store.upload(join(ckpt, "best.weights.npz"), self.workdir / "best.weights.npz")
+        self.store.put_json(join(ckpt, "state.json"), state)  # the commit point
+        for path in self.workdir.glob("epoch-*.keras"):  # older epochs are no longer needed
+            if path.name != name:
+                path.unlink(missing_ok=True)
+        for key in self.store.list(ckpt):
+            if key.rsplit("/", 1)[-1].startswith("epoch-") and not key.endswith(name):
+                self.store.delete(key)
+        self.store.put_text(join(self.prefix, "history.csv"), history_csv(state["history"]))
+        self.reporter.update(**status)
+
+    def _raise_upload_errors(self, block: bool) -> None:
+        for future in list(self.pending):
+            if block or future.done():
+                future.result()
+                self.pending.remove(future)
+
+    def flush(self) -> None:
+        """Wait for every queued upload (also on failure or SIGTERM: the last epoch must reach the store)."""
+        self._raise_upload_errors(block=True)
+
+
+def _plain(value):
+    return float(value) if isinstance(value, (np.floating, float)) else (int(value) if value is not None else None)
+
+
+def history_csv(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def resolve_weights(store: Store, variant: Variant, workdir: Path) -> str | None:
+    """'imagenet' (Keras downloads it), 'none', a local file, or an s3:// key staged once per cluster."""
+    w = variant.weights
+    if w.lower() == "none":
+        return None
+    if w == "imagenet":
+        return "imagenet"
+    if w.startswith("s3://"):
+        from common.store import open_store
+
+        parent, _, key = w.rpartition("/")
+        local = workdir / key
+        try:
+            open_store(parent).download(key, local)
+        except KeyError:
+            raise BadInput(f"variant {variant.name}: weights file {w} not found: upload it there first") from None
+        return str(local)
+    path = Path(w.removeprefix("file://")).expanduser()
+    if not path.is_file():
+        raise BadInput(f"variant {variant.name}: weights file {path} not found: use imagenet, none, a path or s3:// key")
+    return str(path)
+
+
+def build_model(store: Store, variant: Variant, num_classes: int, workdir: Path):
+    from common.models import build_cnn, build_finetune, compile_model
+
+    if variant.kind == "cnn":
+        model = build_cnn(variant, num_classes)
+    else:
+        model = build_finetune(variant, num_classes, resolve_weights(store, variant, workdir))
+    return compile_model(model, variant)
+
+
+def load_checkpoint(store: Store, prefix: str, variant: Variant, workdir: Path):
+    """(model, state) of the last finished epoch, or (None, None) when there is nothing to resume."""
+    import common.models  # noqa: F401  registers Standardize for loading
+
+    ckpt = join(prefix, "checkpoint")
+    try:
+        state = store.get_json(join(ckpt, "state.json"))
+    except KeyError:
+        return None, None
+    if state.get("config_hash") != variant.config_hash:
+        log.info("checkpoint is from another config (%s); starting afresh", state.get("config_hash"))
+        return None, None
+    store.download(join(ckpt, state["model"]), workdir / state["model"])
+    if store.exists(join(ckpt, "best.weights.npz")):
+        store.download(join(ckpt, "best.weights.npz"), workdir / "best.weights.npz")
+    return keras.models.load_model(workdir / state["model"]), state
+
+
+def evaluate(model, data: Data, variant: Variant) -> tuple[dict, str]:
+    """metrics.json content and predictions.csv text for the val and test splits (test is only evaluated)."""
+    from common.pipeline import input_pipeline
+
+    metrics, rows = {"classes": data.classes}, []
+    for split, key in (("valid", "val"), ("test", "test")):
+        part = data.splits[split]
+        ds = input_pipeline(part["images"], part["labels"], variant, training=False, num_classes=len(data.classes))
+        probs = model.predict(ds, verbose=0) if len(part["labels"]) else np.zeros((0, len(data.classes)))
+        predicted = probs.argmax(axis=1)
+        result = classification_metrics(part["labels"], predicted, data.classes)
+        result["loss"] = cross_entropy(probs, part["labels"])
+        metrics[key] = result
+        metrics[f"{key}_accuracy"], metrics[f"{key}_loss"] = result["accuracy"], result["loss"]
+        for name, t, p, pr in zip(part["filenames"], part["labels"], predicted, probs):
+            rows.append([split, str(name), data.classes[t], data.classes[p], *(f"{x:.6f}" for x in pr)])
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["split", "file", "true", "predicted", *(f"p_{c}" for c in data.classes)])
+    writer.writerows(rows)
+    return metrics, out.getvalue()
+
+
+def fit(model, data: Data, variant: Variant, callbacks: list, initial_epoch: int):
+    """model.fit on the variant's input pipeline; the one place training happens (the benchmark calls it too)."""
+    from common.pipeline import input_pipeline
+
+    n = len(data.classes)
+    train = input_pipeline(data.splits["train"]["images"], data.splits["train"]["labels"], variant, True, n)
+    if variant.steps_per_epoch:
+        train = train.take(variant.steps_per_epoch)
+    val = input_pipeline(data.splits["valid"]["images"], data.splits["valid"]["labels"], variant, False, n)
+    weights = class_weights(data.splits["train"]["labels"], n) if variant.class_weights else None
+    return model.fit(train, validation_data=val, epochs=variant.epochs, initial_epoch=initial_epoch,
+                     callbacks=callbacks, class_weight=weights, shuffle=False, verbose=2)
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted("received SIGTERM: stopped after the last checkpointed epoch; rerun to resume")
+
+
+def run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool = False) -> dict:
+    """Train and evaluate one variant; returns its metrics. Skips when finished with the same config hash."""
+    prefix = sweep.variant_prefix(variant.name)
+    done = store.is_complete(prefix)
+    if done and done.get("config_hash") == variant.config_hash and not force:
+        log.info("%s: already finished with config %s; skipping (use --force to retrain)", variant.name,
+                 variant.config_hash)
+        return {"skipped": True, **done}
+    if done or force:
+        store.delete_prefix(prefix)  # a finished result of another config, or --force: start clean
+
+    import tensorflow as tf
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"aquarium-{variant.name}-"))
+    reporter = Reporter(store, prefix, variant, workdir)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    checkpoint = None
+    try:
+        reporter.update()
+        keras.utils.set_random_seed(variant.seed)
+        tf.config.experimental.enable_op_determinism()  # a rerun with the same seed reproduces the history
+        data = load_data(store, sweep, variant.image_size)
+        log.info("%s: %d train / %d val / %d test images at %dpx (%.1f MB read from the store)", variant.name,
+                 *(len(data.splits[s]["labels"]) for s in SPLITS), variant.image_size, data.bytes_read / 1e6)
+        store.put_json(join(prefix, "config.json"), {
+            "sweep": sweep.name, "variant": variant.model_dump(), "config_hash": variant.config_hash,
+            "job": variant.job, "dataset_fingerprint": data.fingerprint, "versions": package_versions(),
+            "devices": [d.name for d in tf.config.list_logical_devices()],
+        })
+        model, state = load_checkpoint(store, prefix, variant, workdir)
+        if model is None:
+            model, state = build_model(store, variant, len(data.classes), workdir), None
+        else:
+            log.info("%s: resuming after epoch %d", variant.name, state["epoch"])
+        early_stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=variant.early_stopping_patience,
+                                                   restore_best_weights=True)
+        reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=variant.lr_factor,
+                                                      patience=variant.lr_patience, min_lr=variant.min_lr)
+        history = list(state["history"]) if state else []
+        checkpoint = StoreCheckpoint(store, prefix, workdir, reporter, variant.config_hash, early_stop, reduce_lr,
+                                     state, history)
+        started = time.perf_counter()
+        fit(model, data, variant, [early_stop, reduce_lr, checkpoint], initial_epoch=state["epoch"] if state else 0)
+        checkpoint.flush()
+        fit_seconds = time.perf_counter() - started
+        reporter.update(phase="evaluating")
+        metrics, predictions = evaluate(model, data, variant)
+        best_epoch = int(early_stop.best_epoch) + 1 if early_stop.best is not None else len(history)
+        metrics.update(best_epoch=best_epoch, epochs_run=len(history), config_hash=variant.config_hash,
+                       dataset_fingerprint=data.fingerprint, fit_seconds=fit_seconds, bytes_read=data.bytes_read)
+        model.save(workdir / "model.keras")
+        store.upload(join(prefix, "model.keras"), workdir / "model.keras")
+        store.put_text(join(prefix, "predictions.csv"), predictions)
+        store.put_json(join(prefix, "metrics.json"), metrics)
+        log.info("%s: best epoch %d, val accuracy %.4f, test accuracy %.4f", variant.name, best_epoch,
+                 metrics["val_accuracy"], metrics["test_accuracy"])
+        reporter.update(phase="succeeded", finished_at=now(), exit_code=0, best_val_accuracy=metrics["val_accuracy"])
+        reporter.upload_log()
+        store.mark_complete(prefix, {"config_hash": variant.config_hash, "finished_at": now(),
+                                     "val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"]})
+        return metrics
+    except BaseException as e:
+        error = e if isinstance(e, AquariumError) else None
+        code = error.exit_code if error else (130 if isinstance(e, KeyboardInterrupt) else 1)
+        phase = "interrupted" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "failed"
+        log.error("%s: %s: %s", variant.name, phase, e)
+        try:
+            if checkpoint is not None:
+                checkpoint.flush()
+            reporter.update(phase=phase, error=f"{type(e).__name__}: {e}", exit_code=code, finished_at=now())
+            reporter.upload_log()
+        except Exception as upload_error:  # the store itself may be what failed
+            log.error("could not record the failure in the store: %s", upload_error)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(workdir, ignore_errors=True)
+

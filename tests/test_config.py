@@ -1,0 +1,81 @@
+"""The sweep spec: shipped specs are valid; every bad spec gets one clear line and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.config import load_sweep, parse_sweep
+from common.errors import BadInput
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = {"name": "s", "dataset": {"source": "x.zip"}, "variants": [{"name": "cnn-a"}]}
+
+
+def with_(**changes):
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    raw.update(changes)
+    return raw
+
+
+def test_shipped_specs_have_the_seed_variants():
+    sweep = load_sweep(ROOT / "sweep.yaml")
+    cnn = [v for v in sweep.variants if v.kind == "cnn"]
+    seed_table = [(v.conv_layers, v.lr_factor, v.lr_patience) for v in cnn[:3]]
+    assert seed_table == [(4, 0.2, 5), (3, 0.1, 3), (5, 0.3, 8)]
+    assert all(v.image_size == 64 for v in cnn)
+    fine = [v for v in sweep.variants if v.kind == "finetune"]
+    assert [v.lr_patience for v in fine[:3]] == [8, 4, 2]
+    assert all(v.image_size == 224 and v.trainable_layers == 20 for v in fine)
+    assert sweep.image_sizes == [64, 224]
+    assert load_sweep(ROOT / "smoke.yaml").variants
+
+
+def test_defaults_merge_deeply_and_hash_follows_the_config():
+    raw = with_(defaults={"epochs": 7, "augment": {"zoom": 0.2}},
+                variants=[{"name": "a"}, {"name": "b", "augment": {"flip": False}}])
+    a, b = parse_sweep(raw).variants
+    assert a.epochs == b.epochs == 7 and b.augment.zoom == 0.2 and b.augment.flip is False
+    again = parse_sweep(raw).variants[0]
+    assert a.config_hash == again.config_hash
+    raw["defaults"]["epochs"] = 8
+    assert parse_sweep(raw).variants[0].config_hash != a.config_hash
+
+
+@pytest.mark.parametrize("raw, message", [
+    (with_(variants=[{"name": "cnn-a", "kernal_size": 3}]), "unknown key 'kernal_size' at variants[0] 'cnn-a'"),
+    (with_(defaults={"epoch": 3}), "unknown key 'epoch' at defaults.epoch"),
+    (with_(surprise=1), "unknown key 'surprise'"),
+    (with_(variants=[{"name": "cnn-a", "kernel_size": "big"}]), "variants[0] 'cnn-a'.kernel_size"),
+    (with_(variants=[{"name": "a"}, {"name": "a"}]), "duplicate variant names: a"),
+    (with_(variants=[{"name": "CNN_A"}]), "not a valid Kubernetes name"),
+    (with_(variants=[{"name": "a", "conv_layers": 2}]), "conv_layers"),
+    (with_(variants=[{"name": "a", "conv_layers": 4, "filters": [8, 8]}]), "filters has 2 entries"),
+    (with_(variants=[{"name": "a", "kind": "rnn"}]), "variants[0] 'a'.kind"),
+    (with_(variants=[]), "at least one variant"),
+    ({"name": "s"}, "dataset"),
+])
+def test_bad_specs_name_the_problem(raw, message):
+    with pytest.raises(BadInput) as err:
+        parse_sweep(raw, "sweep.yaml")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value) and str(err.value).startswith("sweep.yaml")
+
+
+def test_bad_spec_on_the_command_line_exits_2_with_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(with_(variants=[{"name": "cnn-a", "kernal_size": 3}])))
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "train-variant", "--config", str(path),
+                           "--variant", "cnn-a"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {path}: unknown key 'kernal_size' at variants[0] "
+                                                f"'cnn-a'.kernal_size: remove it or check its spelling"]
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "train-variant", "--config", str(broken),
+                           "--variant", "x"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "not valid YAML" in done.stderr
