@@ -1,0 +1,229 @@
+"""`prepare`: the zip in, the store layout of README.md out -- images, labels, counts, fingerprint, tensors.
+
+The order of writes is the contract: everything under `<prefix>/` first, each `tensors/<size>/_SUCCESS` after
+its split files, and `<prefix>/_SUCCESS` last, so a crash anywhere leaves a prefix no reader trusts.
+
+Reruns are cheap. The `_SUCCESS` record holds the zip's sha256, the synthesize flag, the fingerprint and the
+sizes; when they match, nothing is written ("already prepared"), and a newly requested size is materialised
+from the images already in the store. A *different* complete dataset is never overwritten without `force`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import numpy as np
+
+from common.config import CLASSES
+from common.data import SPLITS, labels, source as src
+from common.errors import BadInput
+from common.store import Store, join, open_store
+
+LABEL_COLUMNS = ["split", "filename", "label", "score", "boxes", "sha256"]
+DEFAULT_SIZES = (64, 224)
+
+
+@dataclass
+class Options:
+    source: str
+    store: str
+    prefix: str = "data"
+    sha256: str | None = None
+    synthesize: bool = False
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    fast: bool = True  # DCT-domain downscaled decode (common.pipeline.decode_pad_resize)
+    force: bool = False
+    endpoint: str | None = None
+    relative_to: Path | None = None  # where a relative source path may also be found (the spec's folder)
+    max_bytes: int = src.MAX_UNPACKED_BYTES
+    max_entries: int = src.MAX_ENTRIES
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def prepare(opts: Options, log=_log) -> dict:
+    """Fetch, validate, label and write the dataset; returns the summary (see `summary_text`)."""
+    t0 = time.monotonic()
+    sizes = tuple(sorted(set(opts.sizes)))
+    if not sizes or min(sizes) < 8:
+        raise BadInput(f"image sizes {list(opts.sizes)}: give sizes of at least 8 px, e.g. --image-sizes 64,224")
+    store = open_store(opts.store, opts.endpoint)
+    prefix = opts.prefix.strip("/")
+    done = store.is_complete(prefix)
+
+    def same_zip(sha: str | None) -> bool:
+        return bool(done and not opts.force and sha and done.get("zip_sha256") == sha.strip().lower()
+                    and done.get("synthesize") == opts.synthesize)
+
+    if same_zip(opts.sha256):  # the expected sha256 is enough: no download at all
+        return _complete_existing(store, prefix, done, opts, sizes, t0, log)
+    with tempfile.TemporaryDirectory(prefix="aquarium-prepare-") as tmp:
+        tmp = Path(tmp)
+        log(f"fetching {_safe_source(opts.source)}")
+        zip_path = src.fetch(opts.source, tmp, opts.relative_to, opts.endpoint)
+        sha = src.verify_sha256(zip_path, opts.sha256, opts.source)
+        if same_zip(sha):
+            return _complete_existing(store, prefix, done, opts, sizes, t0, log)
+        unpacked = src.safe_extract(zip_path, tmp / "unpacked", opts.source, opts.max_bytes, opts.max_entries)
+        root = src.dataset_root(unpacked, SPLITS, opts.source)
+        items, skipped = [], []
+        for split in SPLITS:
+            got, skip = labels.read_split(root, split)
+            items += got
+            skipped += skip
+            log(f"  {split}: {len(got)} labelled images, {len(skip)} without boxes")
+        for item in items:
+            item.jpeg = item.path.read_bytes()
+    synthetic = []
+    if opts.synthesize:
+        synthetic = [s for s in (labels.synthesize(i) for i in items if i.split == "train") if s is not None]
+        log(f"  synthesized {len(synthetic)} train images (dominant class painted away)")
+    items = _ordered(items + synthetic)
+    labels_csv = _labels_csv(items)
+    fingerprint = _fingerprint(labels_csv, opts.synthesize)
+    if done and not opts.force:
+        if done.get("fingerprint") == fingerprint:
+            return _complete_existing(store, prefix, done, opts, sizes, t0, log)
+        raise BadInput(f"{store.url(prefix)} already holds a different prepared dataset (from "
+                       f"{done.get('source')}, zip sha256 {str(done.get('zip_sha256'))[:12]}, synthesize "
+                       f"{done.get('synthesize')}; this one: zip sha256 {sha[:12]}, synthesize {opts.synthesize}): "
+                       "pass --force to replace it, or use another --store or dataset.prefix")
+    counts = _counts(items)
+    store.delete_prefix(prefix)  # leftovers of an unfinished run or the dataset being replaced
+    log(f"writing {len(items)} images to {store.url(prefix)}")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: store.put_bytes(join(prefix, "images", i.split, i.label, i.filename), i.jpeg),
+                      items))
+    store.put_text(join(prefix, "labels.csv"), labels_csv)
+    store.put_text(join(prefix, "skipped.csv"), _csv(["split", "filename", "reason"], skipped))
+    store.put_json(join(prefix, "classes.json"), list(CLASSES))
+    store.put_json(join(prefix, "counts.json"), counts)
+    record = {
+        "fingerprint": fingerprint, "source": _safe_source(opts.source), "zip_sha256": sha,
+        "synthesize": opts.synthesize, "synthesized": len(synthetic), "skipped": len(skipped),
+        "images": {s: sum(counts[s].values()) for s in SPLITS}, "counts": counts, "classes": list(CLASSES),
+    }
+    store.put_json(join(prefix, "fingerprint.json"), record)
+    for size in sizes:
+        _write_tensors(store, prefix, items, size, opts.fast, fingerprint, log)
+    store.mark_complete(prefix, {"fingerprint": fingerprint, "sizes": list(sizes), "zip_sha256": sha,
+                                 "synthesize": opts.synthesize, "source": record["source"]})
+    return _summary("prepared", store, prefix, record, sizes, sizes, time.monotonic() - t0)
+
+
+def _complete_existing(store: Store, prefix: str, done: dict, opts: Options, sizes, t0, log) -> dict:
+    """The dataset is already in the store: materialise only the sizes it lacks, from the stored images."""
+    have = set(done.get("sizes", []))
+    missing = [s for s in sizes if s not in have or not store.is_complete(join(prefix, "tensors", str(s)))]
+    record = store.get_json(join(prefix, "fingerprint.json"))
+    if not missing:
+        log(f"already prepared: {store.url(prefix)} (fingerprint {done['fingerprint']}, sizes {sorted(have)})")
+        return _summary("already prepared", store, prefix, record, sorted(have), [], time.monotonic() - t0)
+    log(f"dataset already in {store.url(prefix)}; materialising missing sizes {missing}")
+    items = [labels.Labelled(r["split"], r["filename"], r["label"], float(r["score"]), [])
+             for r in csv.DictReader(io.StringIO(store.get_text(join(prefix, "labels.csv"))))]
+    with ThreadPoolExecutor(8) as pool:
+        blobs = pool.map(lambda i: store.get_bytes(join(prefix, "images", i.split, i.label, i.filename)), items)
+        for item, blob in zip(items, blobs):
+            item.jpeg = blob
+    for size in missing:
+        _write_tensors(store, prefix, items, size, opts.fast, done["fingerprint"], log)
+    all_sizes = sorted(have | set(missing))
+    store.mark_complete(prefix, {**done, "sizes": all_sizes})
+    return _summary("added sizes", store, prefix, record, all_sizes, missing, time.monotonic() - t0)
+
+
+def _write_tensors(store: Store, prefix: str, items, size: int, fast: bool, fingerprint: str, log) -> None:
+    """tensors/<size>/<split>.npz through common.pipeline (the one definition of decode/pad/resize)."""
+    from common.pipeline import materialise, tensors_to_bytes  # TensorFlow: only when there is work
+
+    t = time.monotonic()
+    base = join(prefix, "tensors", str(size))
+    items = _ordered(items)
+    # One materialise call for all splits: each call traces the decode graph again (~0.2 s).
+    images, ids = materialise([i.jpeg for i in items], [i.label for i in items], size, fast)
+    if (ids < 0).any():
+        raise BadInput(f"{store.url(join(prefix, 'labels.csv'))} has a label outside {list(CLASSES)}: "
+                       "rerun prepare with --force")
+    counts = {}
+    for split in SPLITS:
+        rows = np.array([k for k, i in enumerate(items) if i.split == split], dtype=np.int64)
+        store.put_bytes(join(base, f"{split}.npz"),
+                        tensors_to_bytes(images[rows], ids[rows], [items[k].filename for k in rows]))
+        counts[split] = len(rows)
+    store.mark_complete(base, {"fingerprint": fingerprint, "size": size, "fast": fast, "images": counts})
+    log(f"  tensors {size} px: {counts} ({time.monotonic() - t:.1f} s, {'fast' if fast else 'full'} decode)")
+
+
+def _ordered(items):
+    """Deterministic order: split order, then filename -- labels.csv and the tensors follow it."""
+    return sorted(items, key=lambda i: (SPLITS.index(i.split), i.filename))
+
+
+def _csv(header, rows) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _labels_csv(items) -> str:
+    return _csv(LABEL_COLUMNS, [(i.split, i.filename, i.label, format(i.score, ".12g"), len(i.boxes), i.sha256)
+                                for i in _ordered(items)])
+
+
+def _fingerprint(labels_csv: str, synthesize: bool) -> str:
+    """sha256 of what a model trains on: every label and image hash, the class order, the synthesize flag."""
+    blob = json.dumps({"labels.csv": labels_csv, "classes": list(CLASSES), "synthesize": synthesize},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _counts(items) -> dict:
+    counts = {s: {c: 0 for c in CLASSES} for s in SPLITS}
+    for i in items:
+        counts[i.split][i.label] += 1
+    return counts
+
+
+def _safe_source(source: str) -> str:
+    """The source without credentials or query string (signed URLs), fit for logs and fingerprint.json."""
+    parsed = urlparse(source)
+    if parsed.scheme in ("http", "https") and (parsed.query or "@" in parsed.netloc):
+        return urlunparse(parsed._replace(netloc=parsed.netloc.rpartition("@")[2], query="", fragment=""))
+    return source
+
+
+def _summary(status: str, store: Store, prefix: str, record: dict, sizes, materialised, seconds: float) -> dict:
+    return {
+        "status": status, "store": store.url(prefix), "fingerprint": record["fingerprint"],
+        "images": record["images"], "skipped": record["skipped"], "synthesized": record["synthesized"],
+        "counts": record["counts"], "sizes": list(sizes), "materialised": list(materialised),
+        "seconds": round(seconds, 2),
+    }
+
+
+def summary_text(summary: dict) -> str:
+    """The job's closing report: images per split, class counts table, skipped, synthesized, time."""
+    counts = summary["counts"]
+    width = max(len(c) for c in CLASSES)
+    lines = [f"{summary['status']}: {summary['store']}  (fingerprint {summary['fingerprint'][:12]}, "
+             f"sizes {summary['sizes']}, {summary['seconds']:.1f} s)",
+             f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in SPLITS)]
+    for c in CLASSES:
+        lines.append(f"{c:<{width}}  " + "  ".join(f"{counts[s][c]:>6}" for s in SPLITS))
+    lines.append(f"{'images':<{width}}  " + "  ".join(f"{summary['images'][s]:>6}" for s in SPLITS))
+    lines.append(f"skipped (no boxes): {summary['skipped']}   synthesized: {summary['synthesized']}")
+    return "\n".join(lines)
