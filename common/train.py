@@ -109,7 +109,8 @@ class Reporter:
 
 
 class StoreCheckpoint(keras.callbacks.Callback):
-    """Checkpoint every epoch to the store; on resume, restore the callbacks' state.
+    """Checkpoint every epoch to the store: weights + optimizer variables as one .npz, the best weights so far,
+    and state.json (epoch, history, the callbacks' state). On resume, restore the callbacks' state.
 
     Keep it last in the callback list: it must see EarlyStopping's and ReduceLROnPlateau's state after they
     have handled the epoch, and restore theirs after they reset themselves in on_train_begin.
@@ -135,43 +136,40 @@ class StoreCheckpoint(keras.callbacks.Callback):
                 setattr(callback, key, value)
         best = self.workdir / "best.weights.npz"
         if best.exists():
-            with np.load(best) as npz:
-                self.early_stop.best_weights = [npz[f"w{i}"] for i in range(len(npz.files))]
+            self.early_stop.best_weights = load_arrays(best)
 
     def on_epoch_end(self, epoch, logs=None):
+        """Snapshot in memory (milliseconds); serialising and uploading happen on the upload thread."""
         logs = logs or {}
         lr = float(np.asarray(self.model.optimizer.learning_rate))
         row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
                "lr": lr}
         self.history.append(row)
-        improved = self.early_stop.best_epoch == epoch
-        name = f"epoch-{epoch + 1:04d}.keras"
-        self.model.save(self.workdir / name)
-        if improved:
-            np.savez(self.workdir / "best.weights.npz", **{f"w{i}": w for i, w in enumerate(self.early_stop.best_weights)})
+        snapshot = self.model.get_weights() + [v.numpy() for v in self.model.optimizer.variables]
+        best = self.early_stop.best_weights if self.early_stop.best_epoch == epoch else None
         state = {
             "config_hash": self.config_hash,
             "epoch": epoch + 1,
-            "model": name,
+            "checkpoint": f"epoch-{epoch + 1:04d}.npz",
             "history": list(self.history),
             "early_stop": {k: _plain(getattr(self.early_stop, k)) for k in ("wait", "best", "best_epoch")},
             "reduce_lr": {k: _plain(getattr(self.reduce_lr, k)) for k in ("wait", "best", "cooldown_counter")},
         }
-        best = max(r["val_accuracy"] for r in self.history)
-        status = dict(epoch=epoch + 1, val_accuracy=row["val_accuracy"], best_val_accuracy=best, lr=lr)
-        self.pending.append(self.uploads.submit(self._upload, name, improved, state, status))
+        status = dict(epoch=epoch + 1, val_accuracy=row["val_accuracy"],
+                      best_val_accuracy=max(r["val_accuracy"] for r in self.history), lr=lr)
+        self.pending.append(self.uploads.submit(self._upload, snapshot, best, state, status))
         self._raise_upload_errors(block=False)
 
-    def _upload(self, name: str, improved: bool, state: dict, status: dict) -> None:
-        ckpt = join(self.prefix, "checkpoint")
+    def _upload(self, snapshot: list, best: list | None, state: dict, status: dict) -> None:
+        ckpt, name = join(self.prefix, "checkpoint"), state["checkpoint"]
+        save_arrays(self.workdir / name, snapshot)
         self.store.upload(join(ckpt, name), self.workdir / name)
-        if improved:
+        if best is not None:
+            save_arrays(self.workdir / "best.weights.npz", best)
             self.store.upload(join(ckpt, "best.weights.npz"), self.workdir / "best.weights.npz")
         self.store.put_json(join(ckpt, "state.json"), state)  # the commit point
-        for path in self.workdir.glob("epoch-*.keras"):  # older epochs are no longer needed
-            if path.name != name:
-                path.unlink(missing_ok=True)
-        for key in self.store.list(ckpt):
+        (self.workdir / name).unlink()
+        for key in self.store.list(ckpt):  # older epochs are no longer needed
             if key.rsplit("/", 1)[-1].startswith("epoch-") and not key.endswith(name):
                 self.store.delete(key)
         self.store.put_text(join(self.prefix, "history.csv"), history_csv(state["history"]))
@@ -186,6 +184,15 @@ class StoreCheckpoint(keras.callbacks.Callback):
     def flush(self) -> None:
         """Wait for every queued upload (also on failure or SIGTERM: the last epoch must reach the store)."""
         self._raise_upload_errors(block=True)
+
+
+def save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
+    np.savez(path, **{f"a{i}": a for i, a in enumerate(arrays)})
+
+
+def load_arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path) as npz:
+        return [npz[f"a{i}"] for i in range(len(npz.files))]
 
 
 def _plain(value):
@@ -233,10 +240,8 @@ def build_model(store: Store, variant: Variant, num_classes: int, workdir: Path)
     return compile_model(model, variant)
 
 
-def load_checkpoint(store: Store, prefix: str, variant: Variant, workdir: Path):
-    """(model, state) of the last finished epoch, or (None, None) when there is nothing to resume."""
-    import common.models  # noqa: F401  registers Standardize for loading
-
+def load_checkpoint(store: Store, prefix: str, variant: Variant, num_classes: int, workdir: Path):
+    """(model, state) of the last finished epoch -- weights and optimizer state -- or (None, None)."""
     ckpt = join(prefix, "checkpoint")
     try:
         state = store.get_json(join(ckpt, "state.json"))
@@ -245,10 +250,17 @@ def load_checkpoint(store: Store, prefix: str, variant: Variant, workdir: Path):
     if state.get("config_hash") != variant.config_hash:
         log.info("checkpoint is from another config (%s); starting afresh", state.get("config_hash"))
         return None, None
-    store.download(join(ckpt, state["model"]), workdir / state["model"])
+    store.download(join(ckpt, state["checkpoint"]), workdir / state["checkpoint"])
     if store.exists(join(ckpt, "best.weights.npz")):
         store.download(join(ckpt, "best.weights.npz"), workdir / "best.weights.npz")
-    return keras.models.load_model(workdir / state["model"]), state
+    model = build_model(store, variant, num_classes, workdir)
+    model.optimizer.build(model.trainable_variables)
+    arrays = load_arrays(workdir / state["checkpoint"])
+    n = len(model.weights)
+    model.set_weights(arrays[:n])
+    for variable, value in zip(model.optimizer.variables, arrays[n:], strict=True):
+        variable.assign(value)
+    return model, state
 
 
 def evaluate(model, data: Data, variant: Variant) -> tuple[dict, str]:
@@ -321,7 +333,7 @@ def run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool = Fals
             "job": variant.job, "dataset_fingerprint": data.fingerprint, "versions": package_versions(),
             "devices": [d.name for d in tf.config.list_logical_devices()],
         })
-        model, state = load_checkpoint(store, prefix, variant, workdir)
+        model, state = load_checkpoint(store, prefix, variant, len(data.classes), workdir)
         if model is None:
             model, state = build_model(store, variant, len(data.classes), workdir), None
         else:
