@@ -68,6 +68,7 @@ class Variant(Strict):
     filters: list[int] = [32, 64, 128]
     kernel_size: int = Field(3, ge=1, le=11)
     pool_size: int = Field(2, ge=1, le=4)
+    convs_per_block: int = Field(1, ge=1, le=4)  # conv layers before each pooling (VGG-style blocks)
     batch_norm: bool = False
     global_pool: bool = False  # GlobalAveragePooling2D instead of Flatten before the head
     dropout: float = Field(0.3, ge=0, lt=1)
@@ -95,10 +96,9 @@ class Variant(Strict):
             self.filters = self.filters * self.conv_layers
         if len(self.filters) != self.conv_layers:
             raise ValueError(f"filters has {len(self.filters)} entries but conv_layers is {self.conv_layers}")
-        if self.image_size // self.pool_size ** self.conv_layers < 1 and self.kind == "cnn":
-            raise ValueError(
-                f"{self.conv_layers} pooling layers of size {self.pool_size} shrink {self.image_size} px to nothing"
-            )
+        pools = -(-self.conv_layers // self.convs_per_block)
+        if self.image_size // self.pool_size ** pools < 1 and self.kind == "cnn":
+            raise ValueError(f"{pools} pooling layers of size {self.pool_size} shrink {self.image_size} px to nothing")
         return self
 
     @property

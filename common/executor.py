@@ -1,8 +1,30 @@
-"""Running a sweep: the same job command lines whether a pod, a `docker run` or a local process runs them."""
+"""Running a sweep: the same job command lines whether a pod, a `docker run` or a local process runs them.
+
+On one machine (`aquarium sweep run`) every step is a separate process -- prepare, then the variants up to
+`max_parallel` at a time, then aggregate -- and the steps talk only through the store, exactly as pods do.
+A process per variant isolates TensorFlow's memory and lets a crashed variant fail alone. Progress comes from
+the variants' own status.json in the store, so `sweep status` in another terminal shows the same table.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
+
 from common.config import Sweep
+from common.errors import EXIT_INTERRUPTED, BadInput
+from common.store import FileStore, Store, join, open_store
+
+TERM_GRACE_S = 120  # a variant needs a moment after SIGTERM to checkpoint its last epoch
 
 
 def job_argv(sweep: Sweep, job: str, config_path: str, variant: str | None = None,
@@ -22,3 +44,379 @@ def job_argv(sweep: Sweep, job: str, config_path: str, variant: str | None = Non
 def steps(sweep: Sweep) -> list[tuple[str, str | None]]:
     """The sweep's steps in order: prepare, one per variant (these may run in parallel), aggregate."""
     return [("prepare", None)] + [(v.job, v.name) for v in sweep.variants] + [("aggregate", None)]
+
+
+# ---------------------------------------------------------------- machine and command lines
+
+def gpu_ids() -> list[str]:
+    """GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else what `nvidia-smi -L` lists."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_parallel(sweep: Sweep, gpus: int, cpus: int) -> int:
+    """One variant per GPU; without GPUs one per two cores (TensorFlow uses several). The spec caps it."""
+    n = gpus if gpus else max(1, cpus // 2)
+    return min(n, sweep.max_parallel) if sweep.max_parallel else n
+
+
+def local_argv(argv: list[str]) -> list[str]:
+    """A job as a local process of this very interpreter (the virtualenv that runs the sweep)."""
+    return [sys.executable, "-m", "jobs.cli", *argv]
+
+
+def docker_argv(image: str, argv: list[str], store_uri: str, config_path: str, source: str | None = None,
+                env: dict[str, str] | None = None, gpu: str | None = None,
+                extra_env: dict[str, str] | None = None) -> list[str]:
+    """`docker run` of one job. AWS_* variables are passed by name (values never appear in `ps`); a file://
+    store, the config and a local source zip are mounted at the same absolute paths the argv names, and the
+    container runs as the calling user so files it writes into a local store stay the user's."""
+    env = os.environ if env is None else env
+    cmd = ["docker", "run", "--rm", "--network", "host"]
+    for name in sorted(k for k in env if k.startswith("AWS_")):
+        cmd += ["-e", name]
+    for name, value in sorted((extra_env or {}).items()):
+        cmd += ["-e", f"{name}={value}"]
+    if gpu is not None:
+        cmd += ["--gpus", f"device={gpu}"]
+    if store_uri.startswith("file://"):
+        folder = store_uri[len("file://"):]
+        cmd += ["-v", f"{folder}:{folder}", "--user", f"{os.getuid()}:{os.getgid()}"]
+    cmd += ["-v", f"{config_path}:{config_path}:ro"]
+    if source and Path(source).is_file():
+        cmd += ["-v", f"{source}:{source}:ro"]
+    return cmd + [image, *argv]
+
+
+def log_dir(store: Store, sweep: Sweep) -> Path:
+    """Where the processes' stdout/stderr go: beside a local store, else ./logs (the store keeps job.log)."""
+    if isinstance(store, FileStore):
+        return store.root / "logs" / sweep.name
+    return Path("logs").resolve() / sweep.name
+
+
+# ---------------------------------------------------------------- the status table (store only)
+
+def _time(value) -> datetime | None:
+    if not value:
+        return None
+    try:
+        t = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _elapsed(status: dict) -> str:
+    start = _time(status.get("started_at"))
+    if start is None:
+        return ""
+    running = status.get("phase") in ("running", "evaluating")
+    end = datetime.now(timezone.utc) if running else (_time(status.get("finished_at"))
+                                                       or _time(status.get("updated_at")) or start)
+    seconds = max(0, int((end - start).total_seconds()))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _fmt(x) -> str:
+    return f"{x:.3f}" if isinstance(x, (int, float)) and not isinstance(x, bool) else ""
+
+
+def read_status(store: Store, sweep: Sweep, name: str) -> dict:
+    """status.json of a variant plus `finished` (yes / stale / no) from its `_SUCCESS`."""
+    prefix = sweep.variant_prefix(name)
+    try:
+        status = store.get_json(join(prefix, "status.json"))
+    except (KeyError, ValueError):
+        status = {}
+    done = store.is_complete(prefix)
+    want = sweep.variant(name).config_hash
+    status["finished"] = "no" if done is None else ("yes" if done.get("config_hash") == want else "stale")
+    if status.get("config_hash") not in (None, want):
+        status["phase"] = f"{status.get('phase')} (old config)"
+    return status
+
+
+def status_rows(store: Store, sweep: Sweep, launched: dict[str, "Step"] | None = None) -> list[dict]:
+    """One row per variant for the progress table, from the store (and the executor's view when it runs)."""
+    rows = []
+    for v in sweep.variants:
+        s = read_status(store, sweep, v.name)
+        row = {"variant": v.name, "phase": s.get("phase") or "pending",
+               "epoch": f"{s.get('epoch') or 0}/{s.get('epochs') or v.epochs}",
+               "val acc": _fmt(s.get("val_accuracy")), "best val": _fmt(s.get("best_val_accuracy")),
+               "elapsed": _elapsed(s), "done": s["finished"]}
+        if launched is not None:
+            step = launched[v.name]
+            row = {"variant": v.name, "process": step.describe(), **{k: x for k, x in row.items() if k != "variant"}}
+        rows.append(row)
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    """An aligned text table, no dependencies: the same for `sweep status`, the live view and logs."""
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    line = lambda r: "  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip()  # noqa: E731
+    return "\n".join([line({c: c for c in cols})] + [line(r) for r in rows])
+
+
+# ---------------------------------------------------------------- running
+
+@dataclass
+class Step:
+    """One job process of the sweep and what the executor knows about it."""
+
+    job: str
+    variant: str | None
+    argv: list[str]
+    log: Path
+    state: str = "queued"  # queued | skipped | running | ok | failed
+    returncode: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    slot: int | None = None
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.variant or self.job
+
+    @property
+    def seconds(self) -> float:
+        return (self.ended or time.monotonic()) - self.started if self.started else 0.0
+
+    def describe(self) -> str:
+        if self.state == "running":
+            return f"running {self.seconds:.0f}s"
+        if self.state in ("ok", "failed"):
+            return f"exit {self.returncode}"
+        return self.state
+
+
+@dataclass
+class SweepRun:
+    """What happened: every step with its times and exit code; `exit_code` is what the command exits with."""
+
+    steps: list[Step]
+    wall_seconds: float
+    exit_code: int
+    parallel: int
+
+
+class Terminated(Exception):
+    """SIGTERM reached the executor: children get SIGTERM too and save their progress."""
+
+
+class Executor:
+    def __init__(self, sweep: Sweep, config_path: str, store: Store, source: str | None, kind: str,
+                 parallel: int, image: str | None, out: TextIO, gpus: list[str], cpus: int, interval: float = 2.0):
+        if kind not in ("local", "docker"):
+            raise BadInput(f"--executor {kind!r}: use local or docker")
+        if kind == "docker" and not shutil.which("docker"):
+            raise BadInput("--executor docker needs the docker CLI on PATH: install Docker or use --executor local")
+        self.sweep, self.store, self.kind, self.parallel = sweep, store, kind, parallel
+        self.config_path = str(Path(config_path).resolve())
+        self.source = str(Path(source).resolve()) if source and Path(source).is_file() else source
+        self.image = image or sweep.kubernetes.image
+        self.out, self.gpus, self.cpus, self.interval = out, gpus, cpus, interval
+        self.logs = log_dir(store, sweep)
+        self.tty = hasattr(out, "isatty") and out.isatty()
+        self.drawn_lines, self.last_draw, self.last_rows = 0, 0.0, {}
+
+    def step(self, job: str, variant: str | None) -> Step:
+        argv = job_argv(self.sweep, job, self.config_path, variant, self.store.uri, self.source)
+        return Step(job, variant, argv, self.logs / f"{variant or job}.log")
+
+    def command(self, step: Step) -> tuple[list[str], dict[str, str]]:
+        """The process to start and its environment: the GPU of its slot, or a fair share of the CPU threads."""
+        extra = {}
+        gpu = self.gpus[step.slot % len(self.gpus)] if self.gpus and step.slot is not None else None
+        if gpu is not None:
+            extra["CUDA_VISIBLE_DEVICES"] = gpu
+        elif step.variant and "TF_NUM_INTRAOP_THREADS" not in os.environ:
+            extra["TF_NUM_INTRAOP_THREADS"] = str(max(1, self.cpus // self.parallel))
+        if self.kind == "docker":
+            threads = {k: v for k, v in extra.items() if k != "CUDA_VISIBLE_DEVICES"}
+            return docker_argv(self.image, step.argv, self.store.uri, self.config_path, self.source,
+                               gpu=gpu, extra_env=threads), dict(os.environ)
+        return local_argv(step.argv), {**os.environ, **extra}
+
+    def start(self, step: Step, slot: int | None = None) -> None:
+        step.slot = slot
+        cmd, env = self.command(step)
+        step.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(step.log, "a") as log:
+            log.write(f"\n=== {datetime.now().isoformat(timespec='seconds')} {' '.join(cmd)}\n")
+            log.flush()
+            # own session: Ctrl-C reaches the executor only, which then stops the children gracefully
+            step.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, start_new_session=True)
+        step.state, step.started = "running", time.monotonic()
+
+    def reap(self, step: Step) -> bool:
+        """True once the step's process has ended (and records how)."""
+        if step.proc is None or step.proc.poll() is None:
+            return False
+        step.returncode, step.ended = step.proc.returncode, time.monotonic()
+        step.state = "ok" if step.returncode == 0 else "failed"
+        return True
+
+    def say(self, text: str) -> None:
+        self.erase()
+        print(text, file=self.out, flush=True)
+
+    def run_blocking(self, step: Step) -> Step:
+        self.say(f"{step.name}: starting (log {step.log})")
+        self.start(step)
+        while not self.reap(step):
+            time.sleep(0.2)
+        self.say(f"{step.name}: {'done' if step.state == 'ok' else 'FAILED'} in {step.seconds:.1f}s "
+                 f"(exit {step.returncode})" + ("" if step.state == "ok" else f"; see {step.log}"))
+        return step
+
+    def finished(self, name: str) -> bool:
+        done = self.store.is_complete(self.sweep.variant_prefix(name))
+        return done is not None and done.get("config_hash") == self.sweep.variant(name).config_hash
+
+    def run_variants(self, variants: list[Step]) -> None:
+        """Up to `parallel` at a time; a failing variant frees its slot and the others go on."""
+        queue = []
+        for s in variants:
+            if self.finished(s.variant):
+                s.state = "skipped"
+                self.say(f"{s.variant}: skipped (already finished with config "
+                         f"{self.sweep.variant(s.variant).config_hash})")
+            else:
+                queue.append(s)
+        running: list[Step] = []
+        while queue or running:
+            for s in [s for s in running if self.reap(s)]:
+                running.remove(s)
+                self.say(f"{s.variant}: {'finished' if s.state == 'ok' else 'FAILED'} after {s.seconds:.0f}s "
+                         f"(exit {s.returncode})" + ("" if s.state == "ok" else f"; see {s.log}"))
+            while queue and len(running) < self.parallel:
+                free = min(set(range(self.parallel)) - {s.slot for s in running})
+                s = queue.pop(0)
+                self.start(s, free)
+                running.append(s)
+                self.say(f"{s.variant}: started ({s.job}, log {s.log})")
+            self.progress(variants)
+            time.sleep(0.25)
+        self.progress(variants, force=True)
+
+    def progress(self, variants: list[Step], force: bool = False) -> None:
+        """TTY: redraw the table every `interval` s. Otherwise: one line per variant whose state changed."""
+        now = time.monotonic()
+        if not force and now - self.last_draw < self.interval:
+            return
+        self.last_draw = now
+        rows = status_rows(self.store, self.sweep, {s.variant: s for s in variants})
+        if self.tty:
+            self.erase()
+            table = format_rows(rows)
+            print(table, file=self.out, flush=True)
+            self.drawn_lines = table.count("\n") + 1
+            return
+        for r in rows:
+            key = (r["phase"], r["epoch"], r["process"].split(" ")[0], r["done"])
+            if self.last_rows.get(r["variant"]) != key:
+                self.last_rows[r["variant"]] = key
+                print(f"{time.strftime('%H:%M:%S')} {r['variant']}: {r['process']}, phase {r['phase']}, epoch "
+                      f"{r['epoch']}, val acc {r['val acc'] or '-'}, best val {r['best val'] or '-'}",
+                      file=self.out, flush=True)
+
+    def erase(self) -> None:
+        """Remove the last drawn table (TTY only) so messages and the next table do not pile up."""
+        if self.tty and self.drawn_lines:
+            self.out.write(f"\x1b[{self.drawn_lines}F\x1b[J")
+            self.drawn_lines = 0
+
+    def stop(self, all_steps: list[Step]) -> None:
+        """SIGTERM to every running child (they checkpoint and exit 143), SIGKILL after a grace period."""
+        running = [s for s in all_steps if s.proc is not None and s.proc.poll() is None]
+        for s in running:
+            with contextlib.suppress(ProcessLookupError):  # it may have just exited
+                os.killpg(s.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + TERM_GRACE_S
+        for s in running:
+            try:
+                s.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):  # it may have just exited
+                    os.killpg(s.proc.pid, signal.SIGKILL)
+                s.proc.wait()
+            self.reap(s)
+
+    def summary(self, prepare: Step, variants: list[Step], aggregate: Step | None) -> None:
+        self.say(format_rows(status_rows(self.store, self.sweep, {s.variant: s for s in variants})))
+        failed = [s for s in variants if s.state == "failed"]
+        skipped = [s.variant for s in variants if s.state == "skipped"]
+        if skipped:
+            self.say(f"skipped (already finished): {', '.join(skipped)}")
+        for s in failed:
+            self.say(f"variant failed: {s.variant} (exit {s.returncode}); log {s.log}")
+        if prepare.state == "failed":
+            self.say(f"prepare failed (exit {prepare.returncode}); variants not run; log {prepare.log}")
+        elif aggregate is not None and aggregate.state == "failed":
+            self.say(f"aggregate failed (exit {aggregate.returncode}); log {aggregate.log}")
+        elif aggregate is not None:
+            report = self.store.url(join(self.sweep.prefix, "report", "report.html"))
+            self.say(f"sweep {self.sweep.name}: {len(variants) - len(failed)}/{len(variants)} variants ok; "
+                     f"report {report}")
+
+    def run(self) -> SweepRun:
+        t0 = time.monotonic()
+        prepare = self.step("prepare", None)
+        variants = [self.step(job, name) for job, name in steps(self.sweep) if name]
+        aggregate = None
+        all_steps = [prepare, *variants]
+        self.say(f"sweep {self.sweep.name}: {len(variants)} variants, {self.parallel} at a time, "
+                 f"{self.kind} executor, store {self.store.uri}")
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            if self.run_blocking(prepare).state == "ok":
+                self.run_variants(variants)
+                aggregate = self.step("aggregate", None)
+                all_steps.append(aggregate)
+                self.run_blocking(aggregate)
+        except (KeyboardInterrupt, Terminated):
+            self.say("interrupted: stopping the running jobs (they save a checkpoint; rerun to resume)")
+            self.stop(all_steps)
+            return SweepRun(all_steps, time.monotonic() - t0, EXIT_INTERRUPTED, self.parallel)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        self.summary(prepare, variants, aggregate)
+        failed = prepare.state == "failed" or aggregate is None or aggregate.state == "failed"
+        code = (prepare.returncode if prepare.state == "failed" else aggregate.returncode) if failed else 0
+        return SweepRun(all_steps, time.monotonic() - t0, code or (1 if failed else 0), self.parallel)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def run_sweep(sweep: Sweep, config_path: str, store_uri: str | None = None, source: str | None = None,
+              kind: str = "local", max_parallel: int | None = None, image: str | None = None,
+              out: TextIO | None = None, interval: float = 2.0) -> SweepRun:
+    """prepare -> variants (in parallel) -> aggregate on this machine, everything through the store."""
+    store = open_store(store_uri or sweep.store, sweep.endpoint)
+    gpus, cpus = gpu_ids(), cpu_count()
+    parallel = max_parallel or default_parallel(sweep, len(gpus), cpus)
+    executor = Executor(sweep, config_path, store, source, kind, parallel, image, out or sys.stdout, gpus, cpus,
+                        interval)
+    return executor.run()

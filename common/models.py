@@ -25,7 +25,7 @@ class Standardize(layers.Layer):
 
 
 def build_cnn(variant: Variant, num_classes: int) -> keras.Model:
-    """The seed's from-scratch CNN: conv(ReLU) + max-pool blocks, dense head, softmax."""
+    """The seed's from-scratch CNN: blocks of conv (+BN) + ReLU, max-pool after each block, dense head, softmax."""
     inputs = keras.Input((variant.image_size, variant.image_size, 3), name="image")
     x = Standardize(name="standardize")(inputs)
     for i, filters in enumerate(variant.filters):
@@ -34,7 +34,8 @@ def build_cnn(variant: Variant, num_classes: int) -> keras.Model:
         if variant.batch_norm:
             x = layers.BatchNormalization(name=f"bn{i + 1}")(x)
         x = layers.ReLU(name=f"relu{i + 1}")(x)
-        x = layers.MaxPooling2D(variant.pool_size, padding="same", name=f"pool{i + 1}")(x)
+        if (i + 1) % variant.convs_per_block == 0 or i + 1 == len(variant.filters):
+            x = layers.MaxPooling2D(variant.pool_size, padding="same", name=f"pool{i + 1}")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x) if variant.global_pool else layers.Flatten(name="flatten")(x)
     if variant.dense_units:
         x = layers.Dropout(variant.dropout, name="dropout1")(x)

@@ -114,6 +114,7 @@ class FileStore(Store):
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-" + path.name)
+        os.chmod(tmp, 0o644)  # mkstemp makes files owner-only; store files are meant to be shared and served
         try:
             with os.fdopen(fd, "wb") as f:
                 yield f

@@ -1,0 +1,54 @@
+"""`aquarium predict`: classify JPEG photos or folders of them with a trained model; CSV on stdout."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import click
+
+from jobs import exits_cleanly
+
+
+@click.command("predict")
+@click.option("--model", "model_ref", required=True,
+              help="`best` (the sweep's chosen model), a store key or prefix, an s3:// or file:// URI, or a local path")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="sweep spec; needed for `best` and store keys (default sweep.yaml when it exists)")
+@click.option("--store", default=None, help="store URI; overrides the spec's `store`")
+@click.argument("images", nargs=-1, required=True)
+@exits_cleanly
+def command(model_ref, config_path, store, images):
+    """Print `file,predicted,p_<class>...` per image. Unreadable, non-JPEG or corrupt files get one error line
+    each on stderr while the others are still classified; the exit code is then 2."""
+    from common.config import load_sweep
+    from common.errors import EXIT_BAD_INPUT
+    from common.predict import csv_header, csv_row, expand, load, predict
+
+    if config_path is None and Path("sweep.yaml").is_file():
+        config_path = "sweep.yaml"
+    sweep = load_sweep(config_path) if config_path else None
+    loaded = load(model_ref, sweep, store)
+    click.echo(f"model: {loaded.source} ({loaded.size} px, classes {', '.join(loaded.classes)})", err=True)
+    files, notes = expand(list(images))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(csv_header(loaded.classes))
+    failed = 0
+    for p in predict(loaded, files):
+        if p.error:
+            failed += 1
+            click.echo(f"error: {p.file}: {p.error}", err=True)
+        else:
+            writer.writerow(csv_row(p, loaded.classes))
+    sys.stdout.flush()
+    if failed or not files:
+        click.echo(f"error: {failed} of {len(files)} files could not be classified (see above)"
+                   if files else "error: no JPEG files found in the given paths", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":
+    command()

@@ -1,0 +1,87 @@
+"""The one-machine executor: docker argv, parallelism, the status table, and a failing prepare."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from artefacts import sweep_spec, write_variant
+from common.config import load_sweep
+from common.executor import default_parallel, docker_argv, format_rows, job_argv, status_rows
+from common.store import FileStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_docker_argv_passes_aws_by_name_and_mounts_local_paths(tmp_path):
+    sweep = load_sweep(ROOT / "smoke.yaml")
+    zip_path = tmp_path / "data.zip"
+    zip_path.write_bytes(b"PK")
+    store = f"file://{tmp_path}/store"
+    argv = job_argv(sweep, "prepare", "/cfg/smoke.yaml", store=store, source=str(zip_path))
+    env = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cret", "AWS_ENDPOINT_URL": "http://x:9000",
+           "HOME": "/root", "PATH": "/bin"}
+    cmd = docker_argv("aquarium-sweep:cpu", argv, store, "/cfg/smoke.yaml", str(zip_path), env=env,
+                      extra_env={"TF_NUM_INTRAOP_THREADS": "2"})
+    assert cmd[:5] == ["docker", "run", "--rm", "--network", "host"]
+    i = cmd.index("aquarium-sweep:cpu")
+    assert cmd[i + 1:] == argv  # the job's argv unchanged, after the image (ENTRYPOINT is `aquarium`)
+    opts = cmd[5:i]
+    assert [opts[j + 1] for j, o in enumerate(opts) if o == "-e"] == [
+        "AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", "AWS_SECRET_ACCESS_KEY", "TF_NUM_INTRAOP_THREADS=2"]
+    assert not any("s3cret" in o or "AKIAEXAMPLE" in o or "HOME" in o for o in cmd)
+    mounts = [opts[j + 1] for j, o in enumerate(opts) if o == "-v"]
+    assert mounts == [f"{tmp_path}/store:{tmp_path}/store", "/cfg/smoke.yaml:/cfg/smoke.yaml:ro",
+                      f"{zip_path}:{zip_path}:ro"]
+    assert opts[opts.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
+
+
+def test_docker_argv_for_s3_mounts_only_the_config():
+    argv = ["aggregate", "--config", "/c.yaml", "--store", "s3://b/p"]
+    cmd = docker_argv("img", argv, "s3://b/p", "/c.yaml", env={}, gpu="1")
+    assert cmd == ["docker", "run", "--rm", "--network", "host", "--gpus", "device=1",
+                   "-v", "/c.yaml:/c.yaml:ro", "img", *argv]
+
+
+def test_default_parallel():
+    sweep = load_sweep(ROOT / "smoke.yaml")  # max_parallel: 2
+    assert default_parallel(sweep, gpus=0, cpus=2) == 1
+    assert default_parallel(sweep, gpus=0, cpus=16) == 2
+    assert default_parallel(sweep, gpus=1, cpus=16) == 1
+    big = load_sweep(ROOT / "sweep.yaml")  # no cap
+    assert default_parallel(big, gpus=4, cpus=64) == 4
+    assert default_parallel(big, gpus=0, cpus=12) == 6
+    assert default_parallel(big, gpus=0, cpus=1) == 1
+
+
+def test_status_table_from_the_store(tmp_path):
+    store = FileStore(str(tmp_path / "store"))
+    sweep = sweep_spec([("done", "cnn"), ("busy", "cnn"), ("new", "cnn")])
+    write_variant(store, sweep, "done", val_acc=0.625)
+    write_variant(store, sweep, "busy", val_acc=0.25, phase="running", finished=False)
+    rows = {r["variant"]: r for r in status_rows(store, sweep)}
+    assert rows["done"]["phase"] == "succeeded" and rows["done"]["done"] == "yes"
+    assert rows["done"]["epoch"] == "3/3" and rows["done"]["best val"] == "0.625"
+    assert rows["done"]["elapsed"] == "0:01:00"
+    assert rows["busy"]["phase"] == "running" and rows["busy"]["epoch"] == "1/3" and rows["busy"]["done"] == "no"
+    assert rows["new"]["phase"] == "pending" and rows["new"]["epoch"] == "0/3" and rows["new"]["val acc"] == ""
+    lines = format_rows(status_rows(store, sweep)).splitlines()
+    assert lines[0].split() == ["variant", "phase", "epoch", "val", "acc", "best", "val", "elapsed", "done"]
+    assert lines[1].split()[:3] == ["done", "succeeded", "3/3"]
+
+
+def test_failed_prepare_stops_the_sweep(tmp_path):
+    """A bad dataset source: prepare exits 2, no variant starts, the sweep exits 2 and says why."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run([sys.executable, "-m", "jobs.cli", "sweep", "run", "--config", str(ROOT / "smoke.yaml"),
+                          "--source", str(tmp_path / "no-such.zip"), "--store", str(tmp_path / "store")],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "prepare: FAILED" in run.stdout
+    assert "prepare failed (exit 2); variants not run" in run.stdout
+    assert "started" not in run.stdout
+    log = tmp_path / "store" / "logs" / "smoke" / "prepare.log"
+    assert "no-such.zip" in log.read_text()
+    assert not (tmp_path / "store" / "sweeps").exists()

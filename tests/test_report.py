@@ -1,0 +1,158 @@
+"""aggregate/report: leaderboard, best-by-validation selection, unfinished variants, report files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from artefacts import png_size, sweep_spec, tiny_model_bytes, write_variant
+from common.report import CHOSEN_BY, NoFinishedVariants, aggregate, choose_best, collect, leaderboard
+from common.store import FileStore, join
+
+
+
+@pytest.fixture(scope="module")
+def model_bytes(tmp_path_factory) -> bytes:
+    return tiny_model_bytes(tmp_path_factory.mktemp("model") / "model.keras")
+
+
+@pytest.fixture
+def store(tmp_path) -> FileStore:
+    return FileStore(str(tmp_path / "store"))
+
+
+def test_best_is_chosen_on_validation_never_test(store, model_bytes):
+    sweep = sweep_spec([("val-best", "cnn"), ("test-best", "cnn"), ("weak", "finetune")])
+    write_variant(store, sweep, "val-best", val_acc=0.80, val_loss=0.9, test_acc=0.60, model=model_bytes)
+    write_variant(store, sweep, "test-best", val_acc=0.70, val_loss=0.5, test_acc=0.95, model=model_bytes)
+    write_variant(store, sweep, "weak", val_acc=0.40, val_loss=1.5, test_acc=0.41, model=model_bytes)
+    results = collect(store, sweep)
+    assert choose_best(results).name == "val-best"
+    board = leaderboard(results)
+    assert board["variant"].tolist() == ["val-best", "test-best", "weak"]
+    assert board["rank"].tolist() == [1, 2, 3]
+    assert board.loc[0, "test_accuracy"] == pytest.approx(0.60)
+    assert board.loc[2, "layers"] == "MobileNetV3L/7 trainable"
+    assert board.loc[0, "layers"] == "3"
+
+
+def test_val_accuracy_tie_goes_to_lower_val_loss_then_name(store, model_bytes):
+    sweep = sweep_spec([("b-high-loss", "cnn"), ("c-low-loss", "cnn"), ("a-low-loss", "cnn")])
+    write_variant(store, sweep, "b-high-loss", val_acc=0.75, val_loss=0.70, test_acc=0.9, model=model_bytes)
+    write_variant(store, sweep, "c-low-loss", val_acc=0.75, val_loss=0.40, test_acc=0.5, model=model_bytes)
+    assert choose_best(collect(store, sweep)).name == "c-low-loss"
+    write_variant(store, sweep, "a-low-loss", val_acc=0.75, val_loss=0.40, test_acc=0.1, model=model_bytes)
+    results = collect(store, sweep)
+    assert choose_best(results).name == "a-low-loss"
+    assert leaderboard(results)["variant"].tolist() == ["a-low-loss", "c-low-loss", "b-high-loss"]
+
+
+def test_unfinished_variants_are_listed_with_state_and_error(store, model_bytes):
+    sweep = sweep_spec([("ok", "cnn"), ("broken", "cnn"), ("never", "cnn"), ("old", "cnn"), ("busy", "cnn")])
+    write_variant(store, sweep, "ok", model=model_bytes)
+    write_variant(store, sweep, "broken", phase="failed", error="BadInput: out of memory", finished=False)
+    write_variant(store, sweep, "old", model=model_bytes, success_hash="0123456789ab")
+    write_variant(store, sweep, "busy", phase="running", finished=False)
+    board = leaderboard(collect(store, sweep)).set_index("variant")
+    assert len(board) == 5
+    assert board["state"].to_dict() == {"ok": "succeeded", "broken": "failed", "never": "missing",
+                                        "old": "stale", "busy": "running"}
+    assert "out of memory" in board.loc["broken", "error"]
+    assert "0123456789ab" in board.loc["old", "error"]
+    assert pd.isna(board.loc["old", "val_accuracy"])  # a stale result's metrics are not compared
+    assert pd.isna(board.loc["broken", "rank"])
+    assert choose_best(collect(store, sweep)).name == "ok"
+
+
+def test_no_finished_variant_is_an_error(store):
+    sweep = sweep_spec([("broken", "cnn"), ("never", "cnn")])
+    write_variant(store, sweep, "broken", phase="failed", error="boom", finished=False)
+    with pytest.raises(NoFinishedVariants, match=r"broken \(failed\), never \(missing\)") as err:
+        aggregate(store, sweep)
+    assert err.value.exit_code == 2
+    assert store.list(join(sweep.prefix, "report")) == []
+    assert store.is_complete(join(sweep.prefix, "best")) is None
+
+
+def test_aggregate_writes_report_and_best(store, model_bytes):
+    sweep = sweep_spec([("cnn-a", "cnn"), ("cnn-b", "cnn"), ("mnv3", "finetune"), ("dead", "cnn")])
+    write_variant(store, sweep, "cnn-a", val_acc=0.6, test_acc=0.7, model=b"another model")
+    write_variant(store, sweep, "cnn-b", val_acc=0.9, test_acc=0.5, model=model_bytes)
+    write_variant(store, sweep, "mnv3", val_acc=0.7, test_acc=0.8, model=b"a third model")
+    write_variant(store, sweep, "dead", phase="failed", error="killed", finished=False)
+    summary, board = aggregate(store, sweep)
+    assert summary["best"]["variant"] == "cnn-b"
+    assert [m["variant"] for m in summary["not_finished"]] == ["dead"]
+
+    report = join(sweep.prefix, "report")
+    names = {k.rsplit("/", 1)[1] for k in store.list(report)}
+    expected = {"report.html", "report.md", "leaderboard.csv", "report.json", "_SUCCESS", "accuracy.png",
+                "best_per_class.png"}
+    expected |= {f"confusion_{v}_{s}.png" for v in ("cnn-a", "cnn-b", "mnv3") for s in ("test", "val")}
+    expected |= {f"curves_{v}.png" for v in ("cnn-a", "cnn-b", "mnv3", "dead")}
+    assert names == expected
+    for name in names - {"_SUCCESS", "report.html", "report.md", "leaderboard.csv", "report.json"}:
+        width, height = png_size(store.get_bytes(join(report, name)))
+        assert width > 300 and height > 100, name
+    files = [store.root / k for k in store.list(report)]
+    assert max(files, key=lambda p: p.stat().st_mtime_ns).name == "_SUCCESS"  # written last
+
+    csv = pd.read_csv(io.StringIO(store.get_text(join(report, "leaderboard.csv"))))
+    assert csv["variant"].tolist() == ["cnn-b", "mnv3", "cnn-a", "dead"]
+    assert csv.set_index("variant").loc["dead", "state"] == "failed"
+    page = store.get_text(join(report, "report.html"))
+    assert page.count("<tr class=") == 4 and 'data-variant="dead"' in page and "killed" in page
+    assert "| cnn-b |" in store.get_text(join(report, "report.md"))
+    assert json.loads(store.get_text(join(report, "report.json")))["chosen_by"] == CHOSEN_BY
+
+    best = join(sweep.prefix, "best")
+    assert store.get_bytes(join(best, "model.keras")) == model_bytes
+    card = store.get_json(join(best, "model_card.json"))
+    assert card["variant"] == "cnn-b" and card["chosen_by"] == CHOSEN_BY
+    assert card["dataset_fingerprint"] == "fp-123" and card["config_hash"] == sweep.variant("cnn-b").config_hash
+    assert card["metrics"]["val_accuracy"] == 0.9 and len(card["classes"]) == 7
+    assert store.is_complete(best)["variant"] == "cnn-b"
+
+
+def _spec_file(tmp_path: Path, sweep, store: FileStore) -> Path:
+    raw = {"name": sweep.name, "dataset": {"source": "x.zip"}, "store": store.uri,
+           "variants": [v.model_dump(exclude={"resources"}) for v in sweep.variants]}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _aquarium(*args, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def test_aggregate_and_report_commands(tmp_path, store, model_bytes):
+    sweep = sweep_spec([("cnn-a", "cnn"), ("cnn-b", "cnn")])
+    spec = _spec_file(tmp_path, sweep, store)
+    none = _aquarium("aggregate", "--config", str(spec))
+    assert none.returncode == 2
+    assert "error: no finished variants to compare" in none.stderr
+
+    write_variant(store, sweep, "cnn-a", val_acc=0.55, test_acc=0.61, model=model_bytes)
+    write_variant(store, sweep, "cnn-b", phase="interrupted", error="SIGTERM", finished=False)
+    done = _aquarium("aggregate", "--config", str(spec))
+    assert done.returncode == 0, done.stderr
+    assert "best: cnn-a" in done.stdout
+    assert "not finished: cnn-b (interrupted) SIGTERM" in done.stdout
+
+    shown = _aquarium("report", "--config", str(spec), "--store", store.uri)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].split()[:3] == ["#", "variant", "kind"]
+    assert lines[1].split()[:2] == ["1", "cnn-a"] and "0.550" in lines[1] and "0.610" in lines[1]
+    assert "cnn-b" in lines[2] and "interrupted" in lines[2]
