@@ -2,7 +2,7 @@
 
 Follow a variant top to bottom in `run_variant`. The store holds the truth at every moment:
   status.json  updated at start, every epoch and at the end (phase, epoch, best val accuracy, error);
-  checkpoint/  after every epoch: the model with its optimizer state, the best weights so far and the
+  checkpoint/  after every epoch: weights and optimizer state (the best epoch's file is kept too) and the
                callbacks' state (state.json, written last, is the commit point), so a killed pod resumes
                from its last epoch with the same weights, optimizer and callback state;
   _SUCCESS     only after model.keras, metrics.json and predictions.csv are all written.
@@ -31,7 +31,7 @@ import keras
 import numpy as np
 
 from common.config import Sweep, Variant
-from common.errors import AquariumError, BadInput, Interrupted
+from common.errors import AquariumError, BadInput, Interrupted, TransientError
 from common.metrics import classification_metrics, cross_entropy
 from common.pipeline import tensors_from_bytes
 from common.store import Store, join
@@ -109,8 +109,8 @@ class Reporter:
 
 
 class StoreCheckpoint(keras.callbacks.Callback):
-    """Checkpoint every epoch to the store: weights + optimizer variables as one .npz, the best weights so far,
-    and state.json (epoch, history, the callbacks' state). On resume, restore the callbacks' state.
+    """Checkpoint every epoch to the store: weights + optimizer variables as one .npz (the best epoch's is
+    kept as well) and state.json (epoch, history, the callbacks' state). On resume, restore the callbacks' state.
 
     Keep it last in the callback list: it must see EarlyStopping's and ReduceLROnPlateau's state after they
     have handled the epoch, and restore theirs after they reset themselves in on_train_begin.
@@ -123,6 +123,7 @@ class StoreCheckpoint(keras.callbacks.Callback):
         self.config_hash = config_hash
         self.early_stop, self.reduce_lr, self.resume = early_stop, reduce_lr, resume
         self.history = history
+        self.best_checkpoint = resume.get("best_checkpoint") if resume else None
         self.uploads = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self.pending: list[concurrent.futures.Future] = []
 
@@ -134,9 +135,9 @@ class StoreCheckpoint(keras.callbacks.Callback):
                                                                               self.resume["reduce_lr"])):
             for key, value in state.items():
                 setattr(callback, key, value)
-        best = self.workdir / "best.weights.npz"
-        if best.exists():
-            self.early_stop.best_weights = load_arrays(best)
+        if self.resume.get("best_checkpoint"):
+            weights = len(self.model.weights)
+            self.early_stop.best_weights = load_arrays(self.workdir / self.resume["best_checkpoint"])[:weights]
 
     def on_epoch_end(self, epoch, logs=None):
         """Snapshot in memory (milliseconds); serialising and uploading happen on the upload thread."""
@@ -146,31 +147,32 @@ class StoreCheckpoint(keras.callbacks.Callback):
                "lr": lr}
         self.history.append(row)
         snapshot = self.model.get_weights() + [v.numpy() for v in self.model.optimizer.variables]
-        best = self.early_stop.best_weights if self.early_stop.best_epoch == epoch else None
+        name = f"epoch-{epoch + 1:04d}.npz"
+        if self.early_stop.best_epoch == epoch:
+            self.best_checkpoint = name
         state = {
             "config_hash": self.config_hash,
             "epoch": epoch + 1,
-            "checkpoint": f"epoch-{epoch + 1:04d}.npz",
+            "checkpoint": name,
+            "best_checkpoint": self.best_checkpoint,  # its weights are EarlyStopping's best_weights
             "history": list(self.history),
             "early_stop": {k: _plain(getattr(self.early_stop, k)) for k in ("wait", "best", "best_epoch")},
             "reduce_lr": {k: _plain(getattr(self.reduce_lr, k)) for k in ("wait", "best", "cooldown_counter")},
         }
         status = dict(epoch=epoch + 1, val_accuracy=row["val_accuracy"],
                       best_val_accuracy=max(r["val_accuracy"] for r in self.history), lr=lr)
-        self.pending.append(self.uploads.submit(self._upload, snapshot, best, state, status))
+        self.pending.append(self.uploads.submit(self._upload, snapshot, state, status))
         self._raise_upload_errors(block=False)
 
-    def _upload(self, snapshot: list, best: list | None, state: dict, status: dict) -> None:
+    def _upload(self, snapshot: list, state: dict, status: dict) -> None:
         ckpt, name = join(self.prefix, "checkpoint"), state["checkpoint"]
         save_arrays(self.workdir / name, snapshot)
         self.store.upload(join(ckpt, name), self.workdir / name)
-        if best is not None:
-            save_arrays(self.workdir / "best.weights.npz", best)
-            self.store.upload(join(ckpt, "best.weights.npz"), self.workdir / "best.weights.npz")
         self.store.put_json(join(ckpt, "state.json"), state)  # the commit point
         (self.workdir / name).unlink()
-        for key in self.store.list(ckpt):  # older epochs are no longer needed
-            if key.rsplit("/", 1)[-1].startswith("epoch-") and not key.endswith(name):
+        keep = {name, state["best_checkpoint"]}
+        for key in self.store.list(ckpt):  # other epochs are no longer needed
+            if key.rsplit("/", 1)[-1].startswith("epoch-") and key.rsplit("/", 1)[-1] not in keep:
                 self.store.delete(key)
         self.store.put_text(join(self.prefix, "history.csv"), history_csv(state["history"]))
         self.reporter.update(**status)
@@ -234,9 +236,17 @@ def build_model(store: Store, variant: Variant, num_classes: int, workdir: Path)
     from common.models import build_cnn, build_finetune, compile_model
 
     if variant.kind == "cnn":
-        model = build_cnn(variant, num_classes)
-    else:
-        model = build_finetune(variant, num_classes, resolve_weights(store, variant, workdir))
+        return compile_model(build_cnn(variant, num_classes), variant)
+    weights = resolve_weights(store, variant, workdir)
+    try:
+        model = build_finetune(variant, num_classes, weights)
+    except Exception as e:  # keras.utils.get_file raises a bare Exception when the download fails
+        if weights == "imagenet" and "URL fetch failure" in str(e):
+            raise TransientError(
+                f"variant {variant.name}: cannot download the ImageNet weights ({' '.join(str(e).split())}); on an air-gapped"
+                f" cluster upload the no-top weights file to the store once and set weights: s3://BUCKET/KEY"
+            ) from None
+        raise
     return compile_model(model, variant)
 
 
@@ -250,9 +260,8 @@ def load_checkpoint(store: Store, prefix: str, variant: Variant, num_classes: in
     if state.get("config_hash") != variant.config_hash:
         log.info("checkpoint is from another config (%s); starting afresh", state.get("config_hash"))
         return None, None
-    store.download(join(ckpt, state["checkpoint"]), workdir / state["checkpoint"])
-    if store.exists(join(ckpt, "best.weights.npz")):
-        store.download(join(ckpt, "best.weights.npz"), workdir / "best.weights.npz")
+    for name in {state["checkpoint"], state.get("best_checkpoint")} - {None}:
+        store.download(join(ckpt, name), workdir / name)
     model = build_model(store, variant, num_classes, workdir)
     model.optimizer.build(model.trainable_variables)
     arrays = load_arrays(workdir / state["checkpoint"])
