@@ -200,6 +200,15 @@ class Step:
     def seconds(self) -> float:
         return (self.ended or time.monotonic()) - self.started if self.started else 0.0
 
+    def error_line(self) -> str:
+        """The job's own one-line error (what, where, how to fix), read back from its log."""
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        errors = [line for line in lines if line.startswith("error: ")]
+        return f": {errors[-1][len('error: '):]}" if errors else ""
+
     def describe(self) -> str:
         if self.state == "running":
             return f"running {self.seconds:.0f}s"
@@ -369,11 +378,12 @@ class Executor:
         if skipped:
             self.say(f"skipped (already finished): {', '.join(skipped)}")
         for s in failed:
-            self.say(f"variant failed: {s.variant} (exit {s.returncode}); log {s.log}")
+            self.say(f"variant failed: {s.variant} (exit {s.returncode}){s.error_line()}; log {s.log}")
         if prepare.state == "failed":
-            self.say(f"prepare failed (exit {prepare.returncode}); variants not run; log {prepare.log}")
+            self.say(f"prepare failed (exit {prepare.returncode}){prepare.error_line()}; variants not run; "
+                     f"log {prepare.log}")
         elif aggregate is not None and aggregate.state == "failed":
-            self.say(f"aggregate failed (exit {aggregate.returncode}); log {aggregate.log}")
+            self.say(f"aggregate failed (exit {aggregate.returncode}){aggregate.error_line()}; log {aggregate.log}")
         elif aggregate is not None:
             report = self.store.url(join(self.sweep.prefix, "report", "report.html"))
             self.say(f"sweep {self.sweep.name}: {len(variants) - len(failed)}/{len(variants)} variants ok; "

@@ -63,8 +63,9 @@ def fetch(source: str, workdir: Path, relative_to: Path | None = None, endpoint:
         raise BadInput(f"dataset source {source!r}: unsupported scheme; use a path, file://, https://, s3:// "
                        "or a Google Drive link")
     if not path.is_file():
-        raise BadInput(f"dataset source {source!r} not found (looked for {path.resolve()}): pass --source with "
-                       "the path of the Roboflow 'TensorFlow Object Detection CSV' zip")
+        raise BadInput(f"dataset source {source!r} not found (looked for {path.resolve()}): pass --source (or "
+                       "make sweep DATASET=) with a path, URL or Google Drive link of the Roboflow Aquarium zip "
+                       "('TensorFlow Object Detection CSV' export; see README, Preparing the dataset)")
     return path
 
 
