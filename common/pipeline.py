@@ -76,7 +76,11 @@ def tensors_from_bytes(data: bytes) -> dict[str, np.ndarray]:
 
 
 def augmenter(variant: Variant) -> tf.keras.Sequential:
-    """Seeded random flip, rotation, zoom, crop and contrast, as Keras preprocessing layers."""
+    """Seeded random flip, rotation, zoom, crop and contrast, as Keras preprocessing layers (the seed's way).
+
+    `input_pipeline` uses `augment_batch`, the same transforms in one resampling pass; this layer-by-layer
+    version stays as the reference (bench/bench_input.py times the seed's recipe with it).
+    """
     a, s, size = variant.augment, variant.seed, variant.image_size
     layers = []
     if a.flip:
@@ -93,6 +97,60 @@ def augmenter(variant: Variant) -> tf.keras.Sequential:
     return tf.keras.Sequential(layers, name="augment")
 
 
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, variant: Variant) -> tf.Tensor:
+    """The same random flip, rotation, zoom, crop and contrast as `augmenter`, fused into ONE resampling pass.
+
+    float32 [B,S,S,3] in, float32 [B,S,S,3] out. Each image's flip, rotation about the centre, zoom about the
+    centre and random crop (resized back to S) are composed into one output->input affine map and applied by a
+    single bilinear `ImageProjectiveTransformV3` with constant zero fill, instead of one resampling per layer
+    (4 passes, the bulk of the input path's time at 224 px). The random draws are stateless, keyed by `seed`
+    (int64 [2]), so the map runs in parallel and is reproducible under op determinism. The distributions are
+    those of the Keras layers: flip p=0.5; angle U(-r, r) turns; zoom 1+U(-z, z) on both axes; crop of
+    round(S*(1-crop)) px at a uniform integer offset; contrast factor U(1-c, 1+c) around each image's mean.
+    """
+    a, size = variant.augment, variant.image_size
+    n = tf.shape(images)[0]
+    centre = (size - 1) / 2.0
+    ones, zeros = tf.ones([n]), tf.zeros([n])
+
+    def uniform(i, low, high):
+        return tf.random.stateless_uniform([n], seed=seed + [0, i], minval=low, maxval=high)
+
+    def affine(a0, a1, a2, b0, b1, b2):  # [n,3,3]: (x_in, y_in, 1) = M @ (x_out, y_out, 1)
+        return tf.stack([tf.stack([a0, a1, a2], -1), tf.stack([b0, b1, b2], -1),
+                         tf.stack([zeros, zeros, ones], -1)], 1)
+
+    matrix = tf.eye(3, batch_shape=[n])
+    if a.crop:  # output pixel -> crop window (half-pixel centres, as tf.image.resize), at a random offset
+        side = round(size * (1 - a.crop))
+        scale = side / size
+        dx = tf.floor(uniform(3, 0.0, size - side + 1.0))
+        dy = tf.floor(uniform(4, 0.0, size - side + 1.0))
+        shift = 0.5 * scale - 0.5
+        matrix = affine(ones * scale, zeros, dx + shift, zeros, ones * scale, dy + shift) @ matrix
+    if a.zoom:
+        z = 1.0 + uniform(2, -a.zoom, a.zoom)
+        matrix = affine(z, zeros, centre * (1 - z), zeros, z, centre * (1 - z)) @ matrix
+    if a.rotation:
+        angle = uniform(1, -a.rotation * 2 * np.pi, a.rotation * 2 * np.pi)
+        cos, sin = tf.cos(angle), tf.sin(angle)
+        matrix = affine(cos, -sin, centre - centre * cos + centre * sin,
+                        sin, cos, centre - centre * sin - centre * cos) @ matrix
+    if a.flip:
+        flip = tf.where(uniform(0, 0.0, 1.0) < 0.5, -1.0, 1.0)
+        matrix = affine(flip, zeros, (1 - flip) * centre, zeros, ones, zeros) @ matrix
+    if a.crop or a.zoom or a.rotation or a.flip:
+        transforms = tf.reshape(matrix, [n, 9])[:, :8]
+        images = tf.raw_ops.ImageProjectiveTransformV3(
+            images=images, transforms=transforms, output_shape=[size, size], fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="CONSTANT")
+    if a.contrast:
+        factor = tf.reshape(uniform(5, 1 - a.contrast, 1 + a.contrast), [n, 1, 1, 1])
+        mean = tf.reduce_mean(images, axis=(1, 2), keepdims=True)
+        images = tf.clip_by_value((images - mean) * factor + mean, 0.0, 255.0)
+    return images
+
+
 def input_pipeline(images: np.ndarray, labels: np.ndarray, variant: Variant, training: bool,
                    num_classes: int = len(CLASSES)) -> tf.data.Dataset:
     """(float32 images 0..255, one-hot labels) batches. Training batches are shuffled and augmented, seeded.
@@ -100,13 +158,19 @@ def input_pipeline(images: np.ndarray, labels: np.ndarray, variant: Variant, tra
     Images stay 0..255: the CNN standardises each image in its first layer, MobileNetV3 rescales by itself,
     so the saved model takes the same input `decode_pad_resize` produces.
     """
-    ds = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+    # No .cache(): the arrays are already in memory, and caching them copied every image once more.
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if training:
         ds = ds.shuffle(len(images), seed=variant.seed, reshuffle_each_iteration=True)
     ds = ds.batch(variant.batch_size)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
-                num_parallel_calls=tf.data.AUTOTUNE)
     if training:
-        augment = augmenter(variant)
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        # one seed per batch, different every epoch, reproducible from variant.seed
+        seeds = tf.data.Dataset.random(seed=variant.seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda xy, seed: (augment_batch(tf.cast(xy[0], tf.float32), seed, variant),
+                              tf.one_hot(xy[1], num_classes)),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,207 @@
+"""Input-path throughput: images per second of one training epoch, input pipeline only (no model).
+
+    AQUARIUM_ZIP=../shared/datasets/aquarium-tfcsv.zip .venv/bin/python bench/bench_input.py [--rounds 2]
+
+Three pipelines over the real train split, at 64 and 224 px, training=True (shuffled, the same seeded Keras
+augmentation of `common.pipeline.augmenter`), the variant's batch size:
+
+  seed    the seed's recipe: tf.data over the JPEG files of `images/train/<class>/`: read_file, decode at full
+          size, zero-pad to 1024x1024, resize to the target size, per-image standardisation, class name ->
+          one-hot through a `tf.lookup` table, shuffle, batch, augment. No cache: it decodes every epoch.
+  idfd    `keras.utils.image_dataset_from_directory` on the same class folders at the target size, then
+          per-image standardisation and the same augmentation.
+  layers  our tensors with the pipeline as it was before issue 6: `.cache()` on the in-memory arrays and the
+          augmentation as a chain of Keras layers (`augmenter`: one resampling per layer).
+  ours    `common.pipeline.input_pipeline` on the prepared uint8 tensors (augmentation fused into one
+          resampling, `augment_batch`).
+For both of ours, epoch 1 INCLUDES reading `tensors/<size>/train.npz` from the (file) store and building the
+arrays, so it is the honest "from the first epoch on" figure. (Standardisation lives in the model there, so it
+is not timed.) seed and idfd use the layer-by-layer `augmenter`, as the seed did.
+
+Every run builds its dataset afresh and iterates 3 epochs; epoch 1 (construction, tracing, first read) is
+reported apart from epochs 2-3 (steady state: caches warm). Besides wall-clock images/s, the CPU time the
+process spent per image is printed: on a shared, loaded machine it is the steadier measure of the work. The runs are interleaved seed/idfd/ours per size
+and repeated (--rounds); each figure is the median over rounds. The machine is shared: the load average is
+printed before and after. Goal: ours >= 20x the seed's recipe from the first epoch on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from common.config import CLASSES, load_sweep  # noqa: E402
+from common.data.prepare import Options, prepare  # noqa: E402
+from common.pipeline import augmenter, class_table, input_pipeline, tensors_from_bytes  # noqa: E402
+from common.store import open_store  # noqa: E402
+
+SIZES = (64, 224)
+EPOCHS = 3
+PIPELINES = ("seed", "idfd", "layers", "ours")
+LABELS = {"seed": "seed recipe (JPEG, decode full, pad 1024, resize)",
+          "idfd": "keras image_dataset_from_directory",
+          "layers": "store tensors, pipeline before issue 6 (Keras layers, cache)",
+          "ours": "ours: input_pipeline on store tensors"}
+
+
+def seed_dataset(train_dir: Path, size: int, variant) -> tf.data.Dataset:
+    """The seed's tf.data recipe, straight from the JPEG files in their class folders."""
+    files = sorted(str(p) for p in train_dir.glob("*/*") if p.is_file())
+    names = [Path(f).parent.name for f in files]
+    table = class_table(CLASSES)
+
+    def load(path, name):
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        h, w = tf.shape(image)[0], tf.shape(image)[1]
+        image = tf.image.pad_to_bounding_box(image, (1024 - h) // 2, (1024 - w) // 2, 1024, 1024)
+        image = tf.image.resize(image, (size, size))
+        image = tf.image.per_image_standardization(image)
+        return image, tf.one_hot(table.lookup(name), len(CLASSES))
+
+    augment = augmenter(variant)
+    ds = tf.data.Dataset.from_tensor_slices((files, names))
+    ds = ds.shuffle(len(files), seed=variant.seed, reshuffle_each_iteration=True)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(variant.batch_size)
+    ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def idfd_dataset(train_dir: Path, size: int, variant) -> tf.data.Dataset:
+    """What the Keras tutorials write: image_dataset_from_directory + standardisation + augmentation."""
+    ds = keras.utils.image_dataset_from_directory(
+        str(train_dir), labels="inferred", label_mode="categorical", image_size=(size, size),
+        batch_size=variant.batch_size, shuffle=True, seed=variant.seed, verbose=False)
+    augment = augmenter(variant)
+    ds = ds.map(lambda x, y: (tf.image.per_image_standardization(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def ours_dataset(store, size: int, variant) -> tf.data.Dataset:
+    """The variant's path: the train split's .npz from the store, then `input_pipeline` (timed as epoch 1)."""
+    split = tensors_from_bytes(store.get_bytes(f"data/tensors/{size}/train.npz"))
+    return input_pipeline(split["images"], split["labels"], variant, training=True, num_classes=len(CLASSES))
+
+
+def layers_dataset(store, size: int, variant) -> tf.data.Dataset:
+    """`input_pipeline` as it was before issue 6 (training branch), for the before/after comparison."""
+    split = tensors_from_bytes(store.get_bytes(f"data/tensors/{size}/train.npz"))
+    images, labels = split["images"], split["labels"]
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+    ds = ds.shuffle(len(images), seed=variant.seed, reshuffle_each_iteration=True).batch(variant.batch_size)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, len(CLASSES))),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    augment = augmenter(variant)
+    ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, all threads (tf.data's included): the work done, whatever the machine's load."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(name: str, store, size: int, variant) -> tuple[int, list[float], list[float]]:
+    """(images per epoch, wall seconds per epoch, CPU seconds per epoch); epoch 1 includes building the dataset."""
+    train_dir = store.root / "data" / "images" / "train"  # a file store: the class folders are on disk
+    t, c = time.perf_counter(), cpu_seconds()
+    if name == "seed":
+        ds = seed_dataset(train_dir, size, variant)
+    elif name == "idfd":
+        ds = idfd_dataset(train_dir, size, variant)
+    elif name == "layers":
+        ds = layers_dataset(store, size, variant)
+    else:
+        ds = ours_dataset(store, size, variant)
+    times, cpu, images = [], [], 0
+    for _ in range(EPOCHS):
+        images = 0
+        for x, _y in ds:
+            images += int(x.shape[0])
+        now, now_cpu = time.perf_counter(), cpu_seconds()
+        times.append(now - t)
+        cpu.append(now_cpu - c)
+        t, c = now, now_cpu
+    return images, times, cpu
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--config", default=str(ROOT / "sweep.yaml"))
+    args = parser.parse_args()
+    zip_path = Path(os.environ.get("AQUARIUM_ZIP") or ROOT.parent / "shared" / "datasets" / "aquarium-tfcsv.zip")
+    if not zip_path.is_file():
+        sys.exit(f"bench_input: dataset zip {zip_path} not found: set AQUARIUM_ZIP")
+    sweep = load_sweep(args.config)
+    # the sweep's own variants of each size (batch size, augmentation, seed)
+    variants = {size: next(v for v in sweep.variants if v.image_size == size) for size in SIZES}
+
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="bench-input-") as tmp:
+        store = open_store(str(Path(tmp) / "store"))
+        prepare(Options(source=str(zip_path), store=store.uri, sizes=SIZES), log=lambda m: None)
+        results = {(p, s): {"epoch1": [], "steady": [], "cpu1": [], "cpu_steady": []} for p in PIPELINES for s in SIZES}
+        count = {}
+        for r in range(args.rounds):
+            for size in SIZES:
+                order = PIPELINES if r % 2 == 0 else PIPELINES[::-1]  # alternate the order between rounds
+                for name in order:
+                    n, times, cpu = run(name, store, size, variants[size])
+                    count[size] = n
+                    res = results[name, size]
+                    res["epoch1"].append(n / times[0])
+                    res["steady"].append(n * (EPOCHS - 1) / sum(times[1:]))
+                    res["cpu1"].append(cpu[0] / n * 1000)
+                    res["cpu_steady"].append(sum(cpu[1:]) / (n * (EPOCHS - 1)) * 1000)
+                    print(f"  round {r + 1} {name:6} {size:3}px: epochs " + " ".join(f"{t:.2f}s" for t in times)
+                          + "  cpu " + " ".join(f"{t:.2f}s" for t in cpu) + f"  load {os.getloadavg()[0]:.1f}",
+                          flush=True)
+    load_after = load_average()
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    print(f"\ninput throughput, train split ({count[64]} images), batch {variants[64].batch_size}, training=True "
+          f"(augmented), {EPOCHS} epochs per run, median of {args.rounds} interleaved rounds")
+    print(f"nproc {os.cpu_count()}, load average before {load_before}, after {load_after}, "
+          f"{time.strftime('%Y-%m-%d %H:%M %Z')}, commit {commit}, TF {tf.__version__}, Keras {keras.__version__}")
+    print("| pipeline | size | epoch-1 img/s | steady (epochs 2-3) img/s | speed-up vs seed, epoch 1 | steady "
+          "| CPU ms/img, epoch 1 | steady | CPU speed-up vs seed, epoch 1 | steady |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    med = {k: {m: statistics.median(v[m]) for m in v} for k, v in results.items()}
+    for size in SIZES:
+        base = med["seed", size]
+        for name in PIPELINES:
+            m = med[name, size]
+            print(f"| {LABELS[name]} | {size} | {m['epoch1']:.0f} | {m['steady']:.0f} "
+                  f"| {m['epoch1'] / base['epoch1']:.1f}x | {m['steady'] / base['steady']:.1f}x "
+                  f"| {m['cpu1']:.2f} | {m['cpu_steady']:.2f} "
+                  f"| {base['cpu1'] / m['cpu1']:.1f}x | {base['cpu_steady'] / m['cpu_steady']:.1f}x |")
+    for size in SIZES:
+        ratio = med["ours", size]["epoch1"] / med["seed", size]["epoch1"]
+        worst = min(results["ours", size]["epoch1"]) / max(results["seed", size]["epoch1"])
+        print(f"goal >= 20x the seed from epoch 1 at {size}px: {'met' if ratio >= 20 else 'NOT met'} "
+              f"(median {ratio:.1f}x, worst ours round / best seed round {worst:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()
