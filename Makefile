@@ -45,3 +45,46 @@ lock: $(BIN)/activate  ## re-resolve and rewrite constraints.txt
 
 clean:
 	rm -rf $(VENV) store .pytest_cache
+
+# ---------------------------------------------------------------- containers and Kubernetes (Dockerfile, k8s/)
+# make image [IMAGE=...] [TF_EXTRA=cpu|gpu] [BASE_IMAGE=...] [CA_BUNDLE=/path/ca.crt] [PIP_INDEX_URL=...]
+# make plan | submit-sweep [CONFIG=...] [IMAGE=...] [NAMESPACE=...] [STORE=s3://...] [DATASET=s3://...|https://...]
+DOCKER ?= docker
+IMAGE_TF_EXTRA := $(if $(filter command line environment,$(origin TF_EXTRA)),$(TF_EXTRA),gpu)
+IMAGE ?= aquarium-sweep:$(if $(filter cpu,$(IMAGE_TF_EXTRA)),cpu,latest)
+BASE_IMAGE ?= python:3.11-slim-bookworm
+CA_BUNDLE ?=
+PIP_INDEX_URL ?=
+NAMESPACE ?=
+ENDPOINT ?=
+PLAN_DIR ?= build/k8s
+KIND_CLUSTER ?= aquarium
+K8S_ARGS = --config $(CONFIG) $(if $(STORE),--store '$(STORE)') $(if $(DATASET),--source '$(DATASET)') \
+  $(if $(NAMESPACE),--namespace '$(NAMESPACE)') $(if $(ENDPOINT),--endpoint '$(ENDPOINT)') \
+  $(if $(filter command line environment,$(origin IMAGE)),--image '$(IMAGE)')
+
+.PHONY: image push plan submit-sweep local stop
+
+image:  ## build the job image (GPU by default; TF_EXTRA=cpu for the CPU build)
+	@if [ -n "$(CA_BUNDLE)" ] && [ "$(abspath $(CA_BUNDLE))" != "$(abspath build/ca-bundle.crt)" ]; then \
+	  mkdir -p build && cp "$(CA_BUNDLE)" build/ca-bundle.crt; fi
+	$(DOCKER) build --network host -t $(IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TF_EXTRA=$(IMAGE_TF_EXTRA) \
+	  $(if $(CA_BUNDLE),--build-arg CA_BUNDLE=build/ca-bundle.crt) \
+	  $(if $(PIP_INDEX_URL),--build-arg PIP_INDEX_URL='$(PIP_INDEX_URL)') .
+
+push:  ## push IMAGE to its registry
+	$(DOCKER) push $(IMAGE)
+
+plan: install  ## render + validate the sweep's Kubernetes manifests into PLAN_DIR (offline)
+	$(BIN)/aquarium sweep plan $(K8S_ARGS) --out $(PLAN_DIR)
+
+submit-sweep: install  ## run the sweep on the current kubectl context and watch it
+	$(BIN)/aquarium sweep submit $(K8S_ARGS)
+
+stop: install  ## delete the sweep's Jobs (results stay in the store)
+	$(BIN)/aquarium sweep stop --config $(CONFIG) $(if $(NAMESPACE),--namespace '$(NAMESPACE)')
+
+local: install  ## kind cluster + MinIO + CPU image + the smoke sweep, on this machine (DATASET=zip, optional)
+	$(MAKE) image TF_EXTRA=cpu IMAGE=aquarium-sweep:cpu $(if $(CA_BUNDLE),CA_BUNDLE='$(CA_BUNDLE)')
+	KIND_CLUSTER=$(KIND_CLUSTER) IMAGE=aquarium-sweep:cpu DATASET='$(DATASET)' AQUARIUM=$(BIN)/aquarium \
+	  PYTHON_BIN=$(BIN)/python k8s/local/up.sh
