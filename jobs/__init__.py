@@ -13,6 +13,20 @@ import click
 from common.errors import EXIT_TRANSIENT, AquariumError
 
 
+config_option = click.option("--config", "config_path", default="sweep.yaml", show_default=True,
+                             type=click.Path(dir_okay=False), help="sweep spec (YAML)")
+store_option = click.option("--store", default=None, help="store URI; overrides the spec's `store`")
+
+
+def open_sweep(config_path: str, store_uri: str | None = None):
+    """The validated sweep spec and its store (`--store` wins over the spec's `store:`)."""
+    from common.config import load_sweep
+    from common.store import open_store
+
+    sweep = load_sweep(config_path)
+    return sweep, open_store(store_uri or sweep.store, sweep.endpoint)
+
+
 def exits_cleanly(fn):
     """Run a job body; on a known error print one line (what, where, how to fix) and exit with its code."""
 

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import click
 
-from jobs import exits_cleanly
+from jobs import config_option, exits_cleanly, open_sweep, store_option
 
 
 @click.command("aggregate")
-@click.option("--config", "config_path", default="sweep.yaml", show_default=True, help="sweep spec (YAML)")
-@click.option("--store", default=None, help="store URI; overrides the spec's `store`")
+@config_option
+@store_option
 @exits_cleanly
 def command(config_path, store):
     """Compare every variant of the sweep; exit 2 when none has finished."""
-    from common.config import load_sweep
     from common.report import aggregate, format_table
-    from common.store import join, open_store
+    from common.store import join
 
-    sweep = load_sweep(config_path)
-    target = open_store(store or sweep.store, sweep.endpoint)
+    sweep, target = open_sweep(config_path, store)
     summary, board = aggregate(target, sweep)
     click.echo(format_table(board))
     best = summary["best"]

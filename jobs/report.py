@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import click
 
-from jobs import exits_cleanly
+from jobs import config_option, exits_cleanly, open_sweep, store_option
 
 
 @click.command("report")
-@click.option("--config", "config_path", default="sweep.yaml", show_default=True, help="sweep spec (YAML)")
-@click.option("--store", default=None, help="store URI; overrides the spec's `store`")
+@config_option
+@store_option
 @exits_cleanly
 def command(config_path, store):
     """Print the leaderboard of the sweep; exit 2 when no variant has finished."""
-    from common.config import load_sweep
     from common.report import CHOSEN_BY, choose_best, collect, format_table, leaderboard
-    from common.store import open_store
 
-    sweep = load_sweep(config_path)
-    results = collect(open_store(store or sweep.store, sweep.endpoint), sweep)
+    sweep, target = open_sweep(config_path, store)
+    results = collect(target, sweep)
     click.echo(format_table(leaderboard(results)))
     best = choose_best(results)
     click.echo(f"\nbest: {best.name} (val accuracy {best.val_accuracy:.4f}); chosen by {CHOSEN_BY}")

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import click
 
-from jobs import exits_cleanly
-
-config_option = click.option("--config", "config_path", default="sweep.yaml", show_default=True,
-                             type=click.Path(dir_okay=False), help="sweep spec (YAML)")
-store_option = click.option("--store", default=None, help="store URI; overrides the spec's `store`")
+from jobs import config_option, exits_cleanly, open_sweep, store_option
 
 
 @click.group("sweep")
@@ -47,12 +43,10 @@ def run(config_path, store, kind, max_parallel, source, image):
 @exits_cleanly
 def status(config_path, store):
     """Phase, epoch, validation accuracy and elapsed time of every variant, read from the store."""
-    from common.config import load_sweep
     from common.executor import format_rows, status_rows
-    from common.store import open_store
 
-    sweep = load_sweep(config_path)
-    click.echo(format_rows(status_rows(open_store(store or sweep.store, sweep.endpoint), sweep)))
+    sweep, target = open_sweep(config_path, store)
+    click.echo(format_rows(status_rows(target, sweep)))
 
 
 # ---------------------------------------------------------------- Kubernetes: plan, submit, stop (common/k8s.py)

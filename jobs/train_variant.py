@@ -7,30 +7,28 @@ import sys
 
 import click
 
-from jobs import exits_cleanly
+from jobs import config_option, exits_cleanly, open_sweep, store_option
 
 
 def variant_command(kind: str, name: str, summary: str) -> click.Command:
     """The train-variant and finetune-variant commands differ only in the kind of variant they accept."""
 
     @click.command(name, help=summary)
-    @click.option("--config", "config_path", default="sweep.yaml", show_default=True, help="sweep spec (YAML)")
+    @config_option
     @click.option("--variant", "variant_name", required=True, help="variant name in the spec")
-    @click.option("--store", default=None, help="store URI; overrides the spec's `store`")
+    @store_option
     @click.option("--force", is_flag=True, help="retrain even when a finished result with this config exists")
     @exits_cleanly
     def command(config_path, variant_name, store, force):
-        from common.config import load_sweep
         from common.errors import BadInput
-        from common.store import open_store
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-        sweep = load_sweep(config_path)
+        sweep, target = open_sweep(config_path, store)
         variant = sweep.variant(variant_name)
         if variant.kind != kind:
             raise BadInput(f"variant {variant_name!r} is of kind {variant.kind!r}: run `aquarium {variant.job}`")
         from common.train import run_variant  # TensorFlow loads only once the arguments are known to be good
-        result = run_variant(open_store(store or sweep.store, sweep.endpoint), sweep, variant, force=force)
+        result = run_variant(target, sweep, variant, force=force)
         if result.get("skipped"):
             click.echo(f"{variant_name}: skipped (already finished with config {variant.config_hash})")
         else:

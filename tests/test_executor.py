@@ -80,7 +80,8 @@ def test_failed_prepare_stops_the_sweep(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert run.returncode == 2, run.stdout + run.stderr
     assert "prepare: FAILED" in run.stdout
-    assert "prepare failed (exit 2); variants not run" in run.stdout
+    assert "prepare failed (exit 2): dataset source " in run.stdout  # the job's own error line, on the terminal
+    assert "no-such.zip' not found" in run.stdout and "; variants not run" in run.stdout
     assert "started" not in run.stdout
     log = tmp_path / "store" / "logs" / "smoke" / "prepare.log"
     assert "no-such.zip" in log.read_text()
