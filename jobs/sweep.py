@@ -6,6 +6,8 @@ import click
 
 from jobs import config_option, exits_cleanly, open_sweep, store_option
 
+namespace_option = click.option("--namespace", "-n", default=None, help="namespace [default: kubernetes.namespace]")
+
 
 @click.group("sweep")
 def command():
@@ -40,18 +42,25 @@ def run(config_path, store, kind, max_parallel, source, image):
 @command.command("status")
 @config_option
 @store_option
+@click.option("--kubernetes", "-k", "with_jobs", is_flag=True, help="add each variant's Job state on the cluster")
+@namespace_option
 @exits_cleanly
-def status(config_path, store):
+def status(config_path, store, with_jobs, namespace):
     """Phase, epoch, validation accuracy and elapsed time of every variant, read from the store."""
     from common.executor import format_rows, status_rows
 
     sweep, target = open_sweep(config_path, store)
-    click.echo(format_rows(status_rows(target, sweep)))
+    rows = status_rows(target, sweep)
+    if with_jobs:
+        from common import k8s
+
+        states = k8s.job_states(sweep, k8s.connect(), namespace)
+        rows = [{"variant": r["variant"], "job": states[r["variant"]], **r} for r in rows]
+    click.echo(format_rows(rows))
 
 
 # ---------------------------------------------------------------- Kubernetes: plan, submit, stop (common/k8s.py)
 
-namespace_option = click.option("--namespace", "-n", default=None, help="namespace [default: kubernetes.namespace]")
 source_option = click.option("--source", default=None, help="dataset zip for prepare (s3:// or https://); "
                                                             "overrides dataset.source")
 endpoint_option = click.option("--endpoint", default=None,

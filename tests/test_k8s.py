@@ -596,3 +596,23 @@ def test_submit_and_stop_commands_drive_the_cluster(monkeypatch, tmp_path):
     res = run_cli("sweep", "stop", "--config", str(ROOT / "smoke.yaml"), "--namespace", "ml")
     assert res.exit_code == 0 and "deleted 5 Jobs in ml" in res.output
     assert fake.jobs == {}
+
+
+def test_sweep_status_shows_job_state_next_to_status_json(empty_store, monkeypatch):
+    from click.testing import CliRunner
+
+    from jobs.cli import main
+
+    fake = FakeCluster(runtime=1)
+    submitter(fake, store_obj=empty_store)[0].run(watch=False)
+    monkeypatch.setattr(k8s, "connect", lambda: k8s.Apis(fake, fake))
+    sweep, _ = spec("smoke.yaml")
+    empty_store.put_json(f"{sweep.variant_prefix('cnn-a')}/status.json", {"phase": "running", "epoch": 1,
+                                                                          "epochs": 2, "val_accuracy": 0.5})
+    done = CliRunner().invoke(main, ["sweep", "status", "--config", str(ROOT / "smoke.yaml"),
+                                     "--store", empty_store.uri, "--kubernetes"])
+    assert done.exit_code == 0, done.output
+    header, *rows = done.output.splitlines()
+    assert header.split()[:3] == ["variant", "job", "phase"]
+    assert rows[0].split()[:4] == ["cnn-a", "NotSubmitted", "running", "1/2"]
+    assert [r.split()[0] for r in rows] == sweep.names
