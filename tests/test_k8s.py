@@ -283,7 +283,7 @@ def test_plan_with_s3_store_writes_manifests_that_round_trip(tmp_path):
     assert res.exit_code == 0, res.output
     assert "plan ok" in res.output
     files = sorted(p.name for p in out.iterdir())
-    assert files[0] == "00-spec.yaml" and "rbac.yaml" in files and len(files) == 1 + 2 + 6 + 1
+    assert files[0] == "00-spec.yaml" and "rbac.yaml" in files and len(files) == 1 + 2 + len(load_sweep(ROOT / "sweep.yaml").variants) + 1
     job = yaml.safe_load((out / "02-cnn-a.yaml").read_text())
     assert job["metadata"]["namespace"] == "ml"
     assert container(job)["image"] == "registry.example/aquarium-sweep:1.2.3"
