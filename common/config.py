@@ -35,6 +35,7 @@ class Augment(Strict):
     zoom: float = Field(0.1, ge=0, le=0.9)
     crop: float = Field(0.1, ge=0, lt=0.5)  # fraction trimmed before resizing back (random crop)
     contrast: float = Field(0.0, ge=0, le=0.9)
+    mixup: float = Field(0.0, ge=0, le=1.0)  # Beta(alpha, alpha) of mixup; 0 = off
 
 
 class Resources(Strict):
@@ -103,8 +104,12 @@ class Variant(Strict):
 
     @property
     def config_hash(self) -> str:
-        """Short sha256 of the resolved config: changes whenever anything that affects training changes."""
-        data = self.model_dump(exclude={"resources"})
+        """Short sha256 of the resolved config: changes whenever a setting that affects training changes.
+
+        Only values that differ from the defaults count, so adding a new optional setting to the spec does not
+        turn every finished result stale; `resources` (where it ran) does not count either.
+        """
+        data = self.model_dump(exclude={"resources"}, exclude_defaults=True)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     @property

@@ -106,7 +106,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, variant: Variant) -> tf.Te
     (4 passes, the bulk of the input path's time at 224 px). The random draws are stateless, keyed by `seed`
     (int64 [2]), so the map runs in parallel and is reproducible under op determinism. The distributions are
     those of the Keras layers: flip p=0.5; angle U(-r, r) turns; zoom 1+U(-z, z) on both axes; crop of
-    round(S*(1-crop)) px at a uniform integer offset; contrast factor U(1-c, 1+c) around each image's mean.
+    round(S*(1-crop)) px at a uniform offset inside the image; contrast factor U(1-c, 1+c) around each image's mean.
     """
     a, size = variant.augment, variant.image_size
     n = tf.shape(images)[0]
@@ -121,13 +121,14 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, variant: Variant) -> tf.Te
                          tf.stack([zeros, zeros, ones], -1)], 1)
 
     matrix = tf.eye(3, batch_shape=[n])
-    if a.crop:  # output pixel -> crop window (half-pixel centres, as tf.image.resize), at a random offset
+    if a.crop:  # output pixel x -> input x * scale + offset: a window of `side` px, resized back to `size`
         side = round(size * (1 - a.crop))
         scale = side / size
-        dx = tf.floor(uniform(3, 0.0, size - side + 1.0))
-        dy = tf.floor(uniform(4, 0.0, size - side + 1.0))
-        shift = 0.5 * scale - 0.5
-        matrix = affine(ones * scale, zeros, dx + shift, zeros, ones * scale, dy + shift) @ matrix
+        # The window's first sample lies at offset and its last at offset + (size - 1) * scale; both must be in
+        # [0, size - 1], or the border pixels blend with the zero fill.
+        low, high = 0.0, (size - 1) * (1 - scale)
+        dx, dy = uniform(3, low, high), uniform(4, low, high)
+        matrix = affine(ones * scale, zeros, dx, zeros, ones * scale, dy) @ matrix
     if a.zoom:
         z = 1.0 + uniform(2, -a.zoom, a.zoom)
         matrix = affine(z, zeros, centre * (1 - z), zeros, z, centre * (1 - z)) @ matrix
@@ -151,6 +152,30 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, variant: Variant) -> tf.Te
     return images
 
 
+def mixup(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Blend each image and its one-hot label with another of the batch, weight ~ Beta(alpha, alpha).
+
+    Soft targets between classes regularise a small network trained on a few hundred photos. Stateless draws
+    keyed by the batch seed, like `augment_batch`, so a rerun reproduces them.
+    """
+    n = tf.shape(images)[0]
+    g1 = tf.random.stateless_gamma([n], seed=seed + [0, 7], alpha=alpha)
+    g2 = tf.random.stateless_gamma([n], seed=seed + [0, 8], alpha=alpha)
+    weight = g1 / (g1 + g2)
+    partner = tf.random.experimental.stateless_shuffle(tf.range(n), seed=seed + [0, 9])
+    w_images, w_labels = tf.reshape(weight, [-1, 1, 1, 1]), tf.reshape(weight, [-1, 1])
+    return (w_images * images + (1 - w_images) * tf.gather(images, partner),
+            w_labels * labels + (1 - w_labels) * tf.gather(labels, partner))
+
+
+def augment_and_mix(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, variant: Variant,
+                    num_classes: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """One training batch: uint8 images and label indices in, augmented float images and (soft) one-hot out."""
+    x = augment_batch(tf.cast(images, tf.float32), seed, variant)
+    y = tf.one_hot(labels, num_classes)
+    return mixup(x, y, seed, variant.augment.mixup) if variant.augment.mixup else (x, y)
+
+
 def input_pipeline(images: np.ndarray, labels: np.ndarray, variant: Variant, training: bool,
                    num_classes: int = len(CLASSES)) -> tf.data.Dataset:
     """(float32 images 0..255, one-hot labels) batches. Training batches are shuffled and augmented, seeded.
@@ -167,8 +192,7 @@ def input_pipeline(images: np.ndarray, labels: np.ndarray, variant: Variant, tra
         # one seed per batch, different every epoch, reproducible from variant.seed
         seeds = tf.data.Dataset.random(seed=variant.seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda xy, seed: (augment_batch(tf.cast(xy[0], tf.float32), seed, variant),
-                              tf.one_hot(xy[1], num_classes)),
+            lambda xy, seed: augment_and_mix(xy[0], xy[1], seed, variant, num_classes),
             num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),

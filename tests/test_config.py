@@ -44,6 +44,9 @@ def test_defaults_merge_deeply_and_hash_follows_the_config():
     assert a.config_hash == again.config_hash
     raw["defaults"]["epochs"] = 8
     assert parse_sweep(raw).variants[0].config_hash != a.config_hash
+    explicit = with_(variants=[{"name": "a", "augment": {"mixup": 0.0}, "image_size": 64}])
+    assert parse_sweep(explicit).variants[0].config_hash == parse_sweep(with_(variants=[{"name": "a"}])).variants[
+        0].config_hash  # spelling out a default (or a new optional key) does not make finished results stale
 
 
 @pytest.mark.parametrize("raw, message", [
