@@ -3,7 +3,7 @@
     AQUARIUM_ZIP=../shared/datasets/aquarium-tfcsv.zip .venv/bin/python bench/bench_input.py [--rounds 2]
 
 Three pipelines over the real train split, at 64 and 224 px, training=True (shuffled, the same seeded Keras
-augmentation of `common.pipeline.augmenter`), the variant's batch size:
+augmentation of `augmenter` below), the variant's batch size:
 
   seed    the seed's recipe: tf.data over the JPEG files of `images/train/<class>/`: read_file, decode at full
           size, zero-pad to 1024x1024, resize to the target size, per-image standardisation, class name ->
@@ -46,10 +46,30 @@ import tensorflow as tf  # noqa: E402
 
 from common.config import CLASSES, load_sweep  # noqa: E402
 from common.data.prepare import Options, prepare  # noqa: E402
-from common.pipeline import augmenter, class_table, input_pipeline, tensors_from_bytes  # noqa: E402
+from common.pipeline import class_table, input_pipeline, tensors_from_bytes  # noqa: E402
 from common.store import open_store  # noqa: E402
 
 SIZES = (64, 224)
+
+
+def augmenter(variant) -> tf.keras.Sequential:
+    """The seed's augmentation: the same transforms as `common.pipeline.augment_batch`, but as a chain of Keras
+    preprocessing layers, one resampling per layer. The baselines here use it, as the seed did."""
+    a, s, size = variant.augment, variant.seed, variant.image_size
+    layers = []
+    if a.flip:
+        layers.append(tf.keras.layers.RandomFlip("horizontal", seed=s))
+    if a.rotation:
+        layers.append(tf.keras.layers.RandomRotation(a.rotation, fill_mode="constant", seed=s + 1))
+    if a.zoom:
+        layers.append(tf.keras.layers.RandomZoom((-a.zoom, a.zoom), fill_mode="constant", seed=s + 2))
+    if a.crop:
+        layers += [tf.keras.layers.RandomCrop(round(size * (1 - a.crop)), round(size * (1 - a.crop)), seed=s + 3),
+                   tf.keras.layers.Resizing(size, size)]
+    if a.contrast:
+        layers.append(tf.keras.layers.RandomContrast(a.contrast, seed=s + 4))
+    return tf.keras.Sequential(layers, name="augment")
+
 EPOCHS = 3
 PIPELINES = ("seed", "idfd", "layers", "ours")
 LABELS = {"seed": "seed recipe (JPEG, decode full, pad 1024, resize)",

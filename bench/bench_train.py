@@ -49,12 +49,13 @@ def wrapper_epochs(store, sweep, variant, data, workdir) -> list[float]:
     early = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=1000, restore_best_weights=True)
     reduce = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=variant.lr_factor,
                                                patience=variant.lr_patience)
-    checkpoint = StoreCheckpoint(store, prefix, workdir, Reporter(store, prefix, variant, workdir),
-                                 variant.config_hash, early, reduce, None, [])
+    reporter = Reporter(store, prefix, variant, workdir)
+    checkpoint = StoreCheckpoint(store, prefix, workdir, reporter, variant.config_hash, early, reduce, None, [])
     timer = EpochTimer()
     # the timer goes last so each epoch's time includes the checkpoint callback's share
     fit(model, data, variant, [early, reduce, checkpoint, timer], initial_epoch=0)
     checkpoint.flush()
+    reporter.close()
     return timer.times
 
 

@@ -75,30 +75,8 @@ def tensors_from_bytes(data: bytes) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in ("images", "labels", "filenames")}
 
 
-def augmenter(variant: Variant) -> tf.keras.Sequential:
-    """Seeded random flip, rotation, zoom, crop and contrast, as Keras preprocessing layers (the seed's way).
-
-    `input_pipeline` uses `augment_batch`, the same transforms in one resampling pass; this layer-by-layer
-    version stays as the reference (bench/bench_input.py times the seed's recipe with it).
-    """
-    a, s, size = variant.augment, variant.seed, variant.image_size
-    layers = []
-    if a.flip:
-        layers.append(tf.keras.layers.RandomFlip("horizontal", seed=s))
-    if a.rotation:
-        layers.append(tf.keras.layers.RandomRotation(a.rotation, fill_mode="constant", seed=s + 1))
-    if a.zoom:
-        layers.append(tf.keras.layers.RandomZoom((-a.zoom, a.zoom), fill_mode="constant", seed=s + 2))
-    if a.crop:
-        layers += [tf.keras.layers.RandomCrop(round(size * (1 - a.crop)), round(size * (1 - a.crop)), seed=s + 3),
-                   tf.keras.layers.Resizing(size, size)]
-    if a.contrast:
-        layers.append(tf.keras.layers.RandomContrast(a.contrast, seed=s + 4))
-    return tf.keras.Sequential(layers, name="augment")
-
-
 def augment_batch(images: tf.Tensor, seed: tf.Tensor, variant: Variant) -> tf.Tensor:
-    """The same random flip, rotation, zoom, crop and contrast as `augmenter`, fused into ONE resampling pass.
+    """Random flip, rotation, zoom, crop and contrast, fused into ONE resampling pass.
 
     float32 [B,S,S,3] in, float32 [B,S,S,3] out. Each image's flip, rotation about the centre, zoom about the
     centre and random crop (resized back to S) are composed into one output->input affine map and applied by a

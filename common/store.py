@@ -86,15 +86,6 @@ class Store:
         except KeyError:
             return None
 
-    def upload_dir(self, prefix: str, folder: str | Path) -> None:
-        for path in sorted(Path(folder).rglob("*")):
-            if path.is_file():
-                self.upload(join(prefix, path.relative_to(folder).as_posix()), path)
-
-    def download_dir(self, prefix: str, folder: str | Path) -> None:
-        for key in self.list(prefix):
-            self.download(key, Path(folder) / key[len(prefix):].lstrip("/"))
-
 
 class FileStore(Store):
     """A local folder. Writes go to a temporary file renamed into place, so a crash never leaves half a file."""

