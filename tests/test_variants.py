@@ -266,3 +266,17 @@ def test_metrics_by_hand():
     assert m["per_class"]["c"] == pytest.approx(
         {"precision": 0.0, "recall": 0.0, "specificity": 1.0, "f1": 0.0, "support": 1})
     assert m["macro"]["recall"] == pytest.approx((0.5 + 1 + 0) / 3)
+
+
+def test_rerun_with_the_same_seed_reproduces_the_history(prepared, tmp_path):
+    """README promises it: seeded training with op determinism gives the same history twice."""
+    uri, env = prepared
+    config = spec(tmp_path)
+    store = open_env_store(uri, env)
+    prefix = load_sweep(config).variant_prefix("cnn-b")
+    histories = []
+    for _ in range(2):
+        done = aquarium("train-variant", "--config", config, "--variant", "cnn-b", "--store", uri, "--force", env=env)
+        assert done.returncode == 0, done.stderr
+        histories.append(store.get_text(f"{prefix}/history.csv"))
+    assert histories[0] == histories[1] and len(histories[0].splitlines()) == 3
