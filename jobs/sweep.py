@@ -68,6 +68,14 @@ endpoint_option = click.option("--endpoint", default=None,
 image_option = click.option("--image", default=None, help="container image; overrides kubernetes.image")
 
 
+def manifest_options(fn):
+    """The options that decide what `plan` renders and `submit` sends: spec, store, source, endpoint, image."""
+    for option in reversed([config_option, store_option, source_option, endpoint_option, image_option,
+                            namespace_option]):
+        fn = option(fn)
+    return fn
+
+
 def _checked_manifests(config_path, store, source, endpoint, image, namespace):
     """Render the sweep's manifests and check them (plan and submit alike); warnings are printed here.
     Returns (sweep, spec text, manifests, errors)."""
@@ -88,12 +96,7 @@ def _checked_manifests(config_path, store, source, endpoint, image, namespace):
 
 
 @command.command("plan")
-@config_option
-@store_option
-@source_option
-@endpoint_option
-@image_option
-@namespace_option
+@manifest_options
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="write every manifest (and rbac.yaml) as YAML files here")
 @exits_cleanly
@@ -117,12 +120,7 @@ def plan(config_path, store, source, endpoint, image, namespace, out_dir):
 
 
 @command.command("submit")
-@config_option
-@store_option
-@source_option
-@endpoint_option
-@image_option
-@namespace_option
+@manifest_options
 @click.option("--watch/--no-watch", default=True, show_default=True,
               help="follow the sweep until it ends; --no-watch submits what can start now and returns "
                    "(run submit again to continue: it is idempotent)")
