@@ -3,6 +3,9 @@
 Every variant is `defaults` deep-merged with the variant's own keys, then validated strictly (unknown keys and
 wrong types are errors, named with their place in the file). The resolved variant is hashed; the hash goes into
 every artefact the variant writes, so a changed config is never mistaken for a finished one.
+
+Command-line overrides are applied once, at the edge: `jobs/` calls `resolve(load_sweep(path), store=...)`,
+which validates the result again, and the library reads only `sweep.*` from then on.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.errors import BadInput
+from common.store import s3_endpoint
 
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 CLASSES = ("fish", "jellyfish", "penguin", "puffin", "shark", "starfish", "stingray")
@@ -149,7 +153,7 @@ class Sweep(Strict):
     name: str
     dataset: Dataset
     store: str = "file://./store"
-    endpoint: str | None = None  # S3 endpoint (MinIO); AWS_ENDPOINT_URL wins when set
+    endpoint: str | None = None  # S3 endpoint (MinIO); after `resolve`: the one in force (see store.s3_endpoint)
     max_parallel: int | None = Field(None, ge=1)
     defaults: dict = {}
     variants: list[Variant]
@@ -266,3 +270,26 @@ def load_sweep(path: str | Path) -> Sweep:
         where = f" line {mark.line + 1}" if mark else ""
         raise BadInput(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
     return parse_sweep(raw, str(path))
+
+
+def only_given(**options) -> dict:
+    """The options the command line actually set (None: not given; '' and False are real values)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def resolve(sweep: Sweep, *, store: str | None = None, endpoint: str | None = None, source: str | None = None,
+            sha256: str | None = None, synthesize: bool | None = None, prefix: str | None = None,
+            image: str | None = None, namespace: str | None = None) -> Sweep:
+    """The sweep with the command line's overrides applied (None: not given) and the S3 endpoint decided
+    (`store.s3_endpoint`), validated again -- pydantic's model_copy(update=...) would skip validation.
+
+    The one place where a command-line value meets the spec; afterwards the library reads `sweep.store`,
+    `sweep.endpoint`, `sweep.dataset.*` and `sweep.kubernetes.image/namespace` only."""
+    data = sweep.model_dump()
+    data.update(only_given(store=store), endpoint=s3_endpoint(endpoint, sweep.endpoint))
+    data["dataset"].update(only_given(source=source, sha256=sha256, synthesize=synthesize, prefix=prefix))
+    data["kubernetes"].update(only_given(image=image, namespace=namespace))
+    try:
+        return Sweep.model_validate(data)
+    except ValidationError as err:
+        raise BadInput(_one_line(err, data, "command line")) from None

@@ -16,7 +16,7 @@ def command(config_path, store):
     from common.report import aggregate, format_table
     from common.store import join
 
-    sweep, target = open_sweep(config_path, store)
+    sweep, target = open_sweep(config_path, store=store)
     summary, board = aggregate(target, sweep)
     click.echo(format_table(board))
     best = summary["best"]

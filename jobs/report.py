@@ -15,7 +15,7 @@ def command(config_path, store):
     """Print the leaderboard of the sweep; exit 2 when no variant has finished."""
     from common.report import CHOSEN_BY, choose_best, collect, format_table, leaderboard
 
-    sweep, target = open_sweep(config_path, store)
+    sweep, target = open_sweep(config_path, store=store)
     results = collect(target, sweep)
     click.echo(format_table(leaderboard(results)))
     best = choose_best(results)
