@@ -15,16 +15,27 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.errors import BadInput
 from common.store import s3_endpoint
 
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 CLASSES = ("fish", "jellyfish", "penguin", "puffin", "shark", "starfish", "stingray")
+
+
+def k8s_name(limit: int) -> AfterValidator:
+    """A name that becomes part of Kubernetes object names: DNS-label characters, at most `limit` of them."""
+    def check(v: str) -> str:
+        if not K8S_NAME.match(v) or len(v) > limit:
+            raise ValueError(f"{v!r} is not a valid Kubernetes name: use lowercase letters, digits and '-', "
+                             f"at most {limit}")
+        return v
+
+    return AfterValidator(check)
 
 
 class Strict(BaseModel):
@@ -53,7 +64,7 @@ class Resources(Strict):
 class Variant(Strict):
     """One model to train: a from-scratch CNN (`cnn`) or a MobileNetV3Large fine-tune (`finetune`)."""
 
-    name: str
+    name: Annotated[str, k8s_name(40)]
     kind: Literal["cnn", "finetune"] = "cnn"
     image_size: int = Field(64, ge=32, le=1024)
     epochs: int = Field(60, ge=1)
@@ -82,13 +93,6 @@ class Variant(Strict):
     weights: str = "imagenet"  # imagenet | none | a .weights.h5 path | s3://bucket/key
     trainable_layers: int = Field(20, ge=0)
     resources: Resources = Resources()
-
-    @field_validator("name")
-    @classmethod
-    def _k8s_name(cls, v):
-        if not K8S_NAME.match(v) or len(v) > 40:
-            raise ValueError(f"{v!r} is not a valid Kubernetes name: use lowercase letters, digits and '-', at most 40")
-        return v
 
     @field_validator("filters", mode="before")
     @classmethod
@@ -150,7 +154,7 @@ class Kubernetes(Strict):
 
 
 class Sweep(Strict):
-    name: str
+    name: Annotated[str, k8s_name(20)]
     dataset: Dataset
     store: str = "file://./store"
     endpoint: str | None = None  # S3 endpoint (MinIO); after `resolve`: the one in force (see store.s3_endpoint)
@@ -158,13 +162,6 @@ class Sweep(Strict):
     defaults: dict = {}
     variants: list[Variant]
     kubernetes: Kubernetes = Kubernetes()
-
-    @field_validator("name")
-    @classmethod
-    def _k8s_name(cls, v):
-        if not K8S_NAME.match(v) or len(v) > 20:
-            raise ValueError(f"{v!r} is not a valid Kubernetes name: use lowercase letters, digits and '-', at most 20")
-        return v
 
     @field_validator("variants")
     @classmethod

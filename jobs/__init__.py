@@ -43,3 +43,20 @@ def exits_cleanly(fn):
             sys.exit(EXIT_TRANSIENT)
 
     return wrapper
+
+
+def sweep_job(name: str):
+    """A job that reads the sweep's store: `--config` and `--store`, the resolved sweep and its store handed to
+    the body as (sweep, store), known errors as one line and their exit code. The body's docstring is its help."""
+
+    def decorate(body):
+        @click.command(name, help=body.__doc__)
+        @config_option
+        @store_option
+        @exits_cleanly
+        def command(config_path, store):
+            return body(*open_sweep(config_path, store=store))
+
+        return command
+
+    return decorate
