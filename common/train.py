@@ -158,7 +158,8 @@ class StoreCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, reporter: Reporter, early_stop, reduce_lr, resume: dict | None = None):
         super().__init__()
-        self.store, self.prefix, self.workdir, self.reporter = reporter.store, reporter.prefix, reporter.workdir, reporter
+        self.store, self.prefix, self.workdir = reporter.store, reporter.prefix, reporter.workdir
+        self.reporter = reporter
         self.marker = marker(reporter.variant)
         self.early_stop, self.reduce_lr, self.resume = early_stop, reduce_lr, resume
         self.history = list(resume["history"]) if resume else []
