@@ -44,6 +44,7 @@ class Resources(Strict):
     gpu: int = Field(1, ge=0)
     cpu: str = "4"
     memory: str = "16Gi"
+    ephemeral_storage: str | None = None  # Kubernetes ephemeral-storage request = limit (/tmp, logs); None: none
 
 
 class Variant(Strict):
@@ -143,6 +144,10 @@ class Kubernetes(Strict):
     termination_grace_seconds: int = Field(300, ge=30)  # time a variant gets after SIGTERM to checkpoint
     tmp_size_limit: str | None = "50Gi"  # emptyDir for /tmp (dataset zip, tensors, checkpoints)
     job_resources: Resources = Resources(gpu=0, cpu="2", memory="4Gi")  # prepare and aggregate
+    poll_seconds: float = Field(10.0, gt=0)  # how often the submitter looks at the cluster
+    pull_timeout_seconds: int = Field(600, ge=30)  # how long a failing image pull may retry before submit gives up
+    cluster_assigns_uid: bool = False  # OpenShift restricted-v2 etc.: omit runAsUser/runAsGroup/fsGroup
+    mount_service_account_token: bool = False  # IRSA / EKS Pod Identity need the pods' projected token
 
 
 class Sweep(Strict):
