@@ -299,15 +299,15 @@ class Problems:
 
 def _check_store(sweep: Sweep, p: Problems) -> None:
     if not is_s3(sweep.store):
-        p.error(f"store (or --store) is {sweep.store!r}: pods on different nodes cannot share a local folder; use an "
+        p.error(f"store is {sweep.store!r} (spec or --store): pods on different nodes cannot share a local folder; use an "
                 "S3 store: store: s3://BUCKET/PREFIX in the spec or --store s3://BUCKET/PREFIX")
 
 
 def _check_source(sweep: Sweep, p: Problems) -> None:
     src = sweep.dataset.source
     if is_local_source(src):
-        p.error(f"dataset.source (or --source) is the local file {src!r}: the prepare pod cannot read it; upload it "
-                "and pass --source s3://BUCKET/KEY or an https:// URL (or a Google Drive link)")
+        p.error(f"dataset.source is the local file {src!r} (spec or --source): the prepare pod cannot read it; "
+                "upload it and pass --source s3://BUCKET/KEY or an https:// URL (or a Google Drive link)")
 
 
 def _check_endpoint(sweep: Sweep, p: Problems) -> None:
@@ -1096,11 +1096,12 @@ def detach(sub: Submitter) -> str:
         sub.sleep(k.poll_seconds)
 
 
-def stop(sweep: Sweep, apis: Apis, timeout: float = 600.0, sleep: Callable[[float], None] = time.sleep,
-         clock: Callable[[], float] = time.monotonic) -> list[str]:
+def stop(sweep: Sweep, apis: Apis, timeout: float = 600.0, sleep: Callable[[float], None] | None = None,
+         clock: Callable[[], float] | None = None) -> list[str]:
     """Delete the sweep's Jobs in the foreground (the driver first, so it cannot recreate them) and wait until
     their pods are gone, so a resubmit never puts two pods on one variant; then its ConfigMaps. Results stay in
     the store. TransientError when pods remain after `timeout` seconds."""
+    sleep, clock = sleep or time.sleep, clock or time.monotonic
     ns, deleted, start = sweep.kubernetes.namespace, set(), clock()
     while True:
         jobs = list_jobs(sweep, apis)
