@@ -59,6 +59,7 @@ class Resources(Strict):
     gpu: int = Field(1, ge=0)
     cpu: str = "4"
     memory: str = "16Gi"
+    ephemeral_storage: str | None = None  # Kubernetes ephemeral-storage request = limit (/tmp, logs); None: none
 
 
 class Variant(Strict):
@@ -151,6 +152,10 @@ class Kubernetes(Strict):
     termination_grace_seconds: int = Field(300, ge=30)  # time a variant gets after SIGTERM to checkpoint
     tmp_size_limit: str | None = "50Gi"  # emptyDir for /tmp (dataset zip, tensors, checkpoints)
     job_resources: Resources = Resources(gpu=0, cpu="2", memory="4Gi")  # prepare and aggregate
+    poll_seconds: float = Field(10.0, gt=0)  # how often the submitter looks at the cluster
+    pull_timeout_seconds: int = Field(600, ge=30)  # how long a failing image pull may retry before submit gives up
+    cluster_assigns_uid: bool = False  # OpenShift restricted-v2 etc.: omit runAsUser/runAsGroup/fsGroup
+    mount_service_account_token: bool = False  # IRSA / EKS Pod Identity need the pods' projected token
 
 
 class Sweep(Strict):
@@ -276,7 +281,8 @@ def only_given(**options) -> dict:
 
 def resolve(sweep: Sweep, *, store: str | None = None, endpoint: str | None = None, source: str | None = None,
             sha256: str | None = None, synthesize: bool | None = None, prefix: str | None = None,
-            image: str | None = None, namespace: str | None = None) -> Sweep:
+            image: str | None = None, namespace: str | None = None, poll_seconds: int | None = None,
+            pull_timeout: int | None = None) -> Sweep:
     """The sweep with the command line's overrides applied (None: not given) and the S3 endpoint decided
     (`store.s3_endpoint`), validated again -- pydantic's model_copy(update=...) would skip validation.
 
@@ -285,7 +291,8 @@ def resolve(sweep: Sweep, *, store: str | None = None, endpoint: str | None = No
     data = sweep.model_dump()
     data.update(only_given(store=store), endpoint=s3_endpoint(endpoint, sweep.endpoint))
     data["dataset"].update(only_given(source=source, sha256=sha256, synthesize=synthesize, prefix=prefix))
-    data["kubernetes"].update(only_given(image=image, namespace=namespace))
+    data["kubernetes"].update(only_given(image=image, namespace=namespace, poll_seconds=poll_seconds,
+                                         pull_timeout_seconds=pull_timeout))
     try:
         return Sweep.model_validate(data)
     except ValidationError as err:
