@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,7 +23,7 @@ from typing import TextIO
 
 from common.config import Sweep
 from common.data.source import resolve_local
-from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BadInput
+from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, AquariumError, BadInput, from_os_error
 from common.status import NUMBERS, is_finished, status_rows
 from common.store import FileStore, Store, join, open_store
 from common.table import Screen, render
@@ -104,10 +105,17 @@ def docker_argv(image: str, argv: list[str], store_uri: str, config_path: str, s
 
 
 def log_dir(store: Store, sweep: Sweep) -> Path:
-    """Where the processes' stdout/stderr go: beside a local store, else ./logs (the store keeps job.log)."""
-    if isinstance(store, FileStore):
-        return store.root / "logs" / sweep.name
-    return Path("logs").resolve() / sweep.name
+    """Where the processes' stdout/stderr go: beside a local store, else ./logs (the store keeps job.log).
+    Created here, before any job starts, so a folder that cannot hold logs is one error line, not a traceback."""
+    folder = store.root / "logs" / sweep.name if isinstance(store, FileStore) else Path("logs").resolve() / sweep.name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise from_os_error(e, f"log folder {folder}", "use a --store folder (for s3://: a working directory) "
+                                                       "you can write to") from None
+    return folder
 
 
 # ---------------------------------------------------------------- running
@@ -213,14 +221,20 @@ class Executor:
     def start(self, step: Step, slot: int | None = None) -> None:
         step.slot = slot
         cmd, env = self.command(step)
-        step.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(step.log, "a") as log:
+        with self.log_file(step) as log:
             log.write(f"\n=== {datetime.now().isoformat(timespec='seconds')} {' '.join(cmd)}\n")
             log.flush()
             # own session: Ctrl-C reaches the executor only, which then stops the children gracefully
             step.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=env, start_new_session=True)
         step.state, step.started = "running", time.monotonic()
+
+    def log_file(self, step: Step) -> TextIO:
+        """The step's log, opened for appending; a disk full or a vanished folder is one error line."""
+        try:
+            return open(step.log, "a")
+        except OSError as e:
+            raise from_os_error(e, f"log folder {self.logs}", "use a --store folder you can write to") from None
 
     def reap(self, step: Step) -> bool:
         """True once the step's process has ended (and records how)."""
@@ -347,6 +361,9 @@ class Executor:
             self.say("interrupted: stopping the running jobs (they save a checkpoint; rerun to resume)")
             self.stop(all_steps)
             return SweepRun(all_steps, time.monotonic() - t0, EXIT_INTERRUPTED, self.parallel)
+        except AquariumError:  # e.g. the log folder filled up: stop the children before the one error line
+            self.stop(all_steps)
+            raise
         finally:
             signal.signal(signal.SIGTERM, previous)
         self.summary(prepare, variants, aggregate)

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from common.errors import BadInput, TransientError
+from common.errors import AquariumError, BadInput, TransientError, from_os_error
 
 SUCCESS = "_SUCCESS"
 
@@ -125,6 +125,15 @@ class FileStore(Store):
         self.root = Path(root).expanduser().resolve()
         self.uri = "file://" + self.root.as_posix()
 
+    @contextlib.contextmanager
+    def _os_errors(self):
+        """Every OSError of the folder (a file in the way, no permission, read-only, disk full) as one line
+        naming the store and the fix, exit 2 or 75 (`errors.from_os_error`) -- never a traceback."""
+        try:
+            yield
+        except OSError as e:
+            raise from_os_error(e, f"store {self.uri}", "point --store (or store:) at a writable folder") from None
+
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if path != self.root and self.root not in path.parents:
@@ -147,25 +156,29 @@ class FileStore(Store):
             raise
 
     def put_bytes(self, key, data):
-        with self._atomic(key) as f:
+        with self._os_errors(), self._atomic(key) as f:
             f.write(data)
 
     def get_bytes(self, key):
         try:
-            return self._path(key).read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            with self._os_errors():
+                return self._path(key).read_bytes()
+        except AquariumError:
+            if self.exists(key):
+                raise
             raise KeyError(self.url(key)) from None
 
     def upload(self, key, path):
-        with self._atomic(key) as f, open(path, "rb") as src:
+        with self._os_errors(), self._atomic(key) as f, open(path, "rb") as src:
             shutil.copyfileobj(src, f, 1 << 20)
 
     def download(self, key, path):
         src = self._path(key)
         if not src.is_file():
             raise KeyError(self.url(key))
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, path)
+        with self._os_errors():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, path)
 
     def exists(self, key):
         return self._path(key).is_file()
@@ -174,14 +187,16 @@ class FileStore(Store):
         base = self._path(prefix)
         if not base.is_dir():
             return []
-        return sorted(
-            p.relative_to(self.root).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".tmp-")
-        )
+        with self._os_errors():
+            return sorted(
+                p.relative_to(self.root).as_posix()
+                for p in base.rglob("*")
+                if p.is_file() and not p.name.startswith(".tmp-")
+            )
 
     def delete(self, key):
-        self._path(key).unlink(missing_ok=True)
+        with self._os_errors(), contextlib.suppress(NotADirectoryError):  # a file in the way: nothing to delete
+            self._path(key).unlink(missing_ok=True)
 
     def delete_prefix(self, prefix):
         shutil.rmtree(self._path(prefix), ignore_errors=True)
