@@ -91,7 +91,7 @@ class Variant(Strict):
     dense_units: int = Field(128, ge=0)
     # finetune
     weights: str = "imagenet"  # imagenet | none | a .weights.h5 path | s3://bucket/key
-    trainable_layers: int = Field(20, ge=0)
+    trainable_layers: Annotated[int, Field(ge=0)] | Literal["all"] = 20  # last N backbone layers, or all of them
     resources: Resources = Resources()
 
     @field_validator("filters", mode="before")

@@ -268,6 +268,20 @@ def resolve_weights(store: Store, variant: Variant, workdir: Path) -> str | None
     return str(path)
 
 
+def check_trainable_layers(variant: Variant) -> None:
+    """`trainable_layers` larger than the backbone would silently train every layer: refuse it before any
+    training, counting the layers of the very backbone `build_finetune` makes (built without weights: ~1 s).
+    `all` says "every layer" on purpose."""
+    if variant.kind != "finetune" or variant.trainable_layers == "all":
+        return
+    size = variant.image_size
+    total = len(keras.applications.MobileNetV3Large(input_shape=(size, size, 3), include_top=False, weights=None,
+                                                    pooling="avg", include_preprocessing=True).layers)
+    if variant.trainable_layers > total:
+        raise BadInput(f"variant {variant.name}: trainable_layers {variant.trainable_layers} is more than the "
+                       f"{total} layers of MobileNetV3Large: give at most {total}, or `all` to train every layer")
+
+
 def build_model(store: Store, variant: Variant, num_classes: int, workdir: Path):
     if variant.kind == "cnn":
         return compile_model(build_cnn(variant, num_classes), variant)
@@ -357,6 +371,7 @@ def run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool = Fals
     with recorded_run(store, prefix, variant) as reporter:
         workdir = reporter.workdir
         reporter.update()
+        check_trainable_layers(variant)  # before any training: a bad count is exit 2 in seconds
         keras.utils.set_random_seed(variant.seed)
         tf.config.experimental.enable_op_determinism()  # a rerun with the same seed reproduces the history
         # Dataset
