@@ -63,8 +63,29 @@ class Lease:
 def _new_record(ttl: float) -> dict:
     host, pid, token = socket.gethostname(), os.getpid(), uuid.uuid4().hex
     return {"owner": os.environ.get(OWNER_ENV) or f"{host}:{pid}:{token[:8]}", "host": host, "pid": pid,
-            "token": token, "ttl": ttl, "renewals": 0,
+            "pidns": _pid_namespace(), "token": token, "ttl": ttl, "renewals": 0,
             "taken_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _dead_here(record: dict) -> bool:
+    """The holder ran on this very machine and PID namespace, and its process is gone (SIGKILL, crash): no need
+    to wait out the TTL. (A container with the host's name has its own PID namespace, so it never matches.)"""
+    if record.get("host") != socket.gethostname() or not record.get("pidns") or record["pidns"] != _pid_namespace():
+        return False
+    try:
+        os.kill(int(record["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, TypeError):
+        return False
+    return False
 
 
 def holder(record: dict) -> str:
@@ -91,10 +112,8 @@ def acquire(store: Store, prefix: str, what: str, say=_say, ttl: float | None = 
             continue
         if (current.get("token"), current.get("renewals")) != seen:  # the holder is alive: restart the clock
             seen, seen_at = (current.get("token"), current.get("renewals")), time.monotonic()
-        idle = time.monotonic() - seen_at
-        if current.get("owner") == mine["owner"] or idle > float(current.get("ttl") or mine["ttl"]):
-            why = "an earlier attempt of this run" if current.get("owner") == mine["owner"] else \
-                f"not renewed for {idle:.0f} s"
+        why = _takeover(current, mine, time.monotonic() - seen_at)
+        if why:
             say(f"{what}: taking over the lease of {holder(current)} ({why}); resuming its work")
             store.delete(key)
             continue
@@ -103,6 +122,17 @@ def acquire(store: Store, prefix: str, what: str, say=_say, ttl: float | None = 
                 "its work is taken over if it stops renewing its lease")
             announced = True
         time.sleep(min(2.0, float(current.get("ttl") or mine["ttl"]) / 3))
+
+
+def _takeover(current: dict, mine: dict, idle: float) -> str:
+    """Why the current lease may be taken over now, or '' while its holder may still be at work."""
+    if current.get("owner") == mine["owner"]:
+        return "an earlier attempt of this run"
+    if _dead_here(current):
+        return "its process is gone"
+    if idle > float(current.get("ttl") or mine["ttl"]):
+        return f"not renewed for {idle:.0f} s"
+    return ""
 
 
 def _renew(lease: Lease, stop: threading.Event) -> None:
