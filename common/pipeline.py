@@ -18,11 +18,12 @@ from common.config import CLASSES, Variant
 RATIOS = (8, 4, 2, 1)  # libjpeg's DCT-domain downscaling factors
 
 
-def decode_pad_resize(jpeg: tf.Tensor, size: int, fast: bool = True) -> tf.Tensor:
+def decode_pad_resize(jpeg: tf.Tensor, size: int, fast: bool = True, trim: bool = False) -> tf.Tensor:
     """JPEG bytes -> uint8 [size, size, 3]: decode, zero-pad to a centred square, resize (antialiased).
 
     With `fast`, libjpeg decodes at 1/2, 1/4 or 1/8 scale in the DCT domain when the result is still at least
     twice the target size, which skips most of the decoding work and loses nothing after the final resize.
+    With `trim` (`predict`, never `prepare`), a uniform frame around the photo is cut off first: `trim_borders`.
     """
     if fast:
         longest = tf.reduce_max(tf.io.extract_jpeg_shape(jpeg)[:2])
@@ -33,11 +34,57 @@ def decode_pad_resize(jpeg: tf.Tensor, size: int, fast: bool = True) -> tf.Tenso
         image = tf.switch_case(index, branches)
     else:
         image = tf.io.decode_jpeg(jpeg, channels=3)
+    if trim:
+        image = trim_borders(image)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     side = tf.maximum(height, width)
     image = tf.image.pad_to_bounding_box(image, (side - height) // 2, (side - width) // 2, side, side)
     image = tf.image.resize(image, (size, size), antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+TRIM_TOLERANCE = 12 # levels (0..255) a frame pixel may differ from the frame's colour: JPEG noise, not texture
+TRIM_OUTLIERS = 0.02  # share of a frame line's pixels allowed beyond the tolerance (specks)
+TRIM_EDGE = 8  # lines past a frame where JPEG blurs frame into photo; cut while most pixels still match the frame
+TRIM_MAX_SHARE = 0.25  # at most this share of the height (width) is cut from each side
+
+
+def frame_run(lines: tf.Tensor, cap: tf.Tensor, tolerance: float, outliers: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """(number of leading frame lines, the frame's colour) of `lines` [N, L, 3] float32, at most `cap` lines.
+
+    A frame line has all but an `outliers` share of its pixels within `tolerance` of the outermost line's median
+    colour. Past the last one, up to TRIM_EDGE lines where most pixels still match are the JPEG-blurred seam.
+    """
+    lines = lines[:cap]
+    colour = tf.sort(tf.transpose(lines[:1], [0, 2, 1]), axis=-1)[:, :, tf.shape(lines)[1] // 2]  # [1, 3]
+    off = tf.reduce_mean(tf.cast(tf.reduce_max(tf.abs(lines - colour[:, None]), -1) > tolerance, tf.float32), 1)
+    frame = tf.reduce_sum(tf.math.cumprod(tf.cast(off <= outliers, tf.int32)))
+    seam = tf.reduce_sum(tf.math.cumprod(tf.cast(off <= 0.5, tf.int32)))
+    return tf.where(frame > 0, tf.minimum(seam, frame + TRIM_EDGE), 0), colour[0]
+
+
+def trim_borders(image: tf.Tensor, tolerance: float = TRIM_TOLERANCE, max_share: float = TRIM_MAX_SHARE,
+                 outliers: float = TRIM_OUTLIERS) -> tf.Tensor:
+    """uint8 [H,W,3] -> the same image without the uniform frame a user's tool may have put around the photo.
+
+    Training images are padded with black; a photo letterboxed with white bars or given a coloured border looks
+    different to the model, so `predict` removes what it can see is a frame: on opposite sides (top and bottom,
+    left and right), runs of near-constant lines of the same colour (`frame_run`). A real plain background has
+    noise, a gradient or different colours at opposite edges, which stops the cut; `max_share` bounds the cut
+    on each side whatever the image. All sides are measured on the untrimmed image.
+    """
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    rows = tf.cast(image, tf.float32)
+    columns = tf.transpose(rows, [1, 0, 2])
+
+    def pair(lines: tf.Tensor, count: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:  # cuts at both ends, or none
+        cap = tf.cast(tf.cast(count, tf.float32) * max_share, tf.int32)
+        (head, c1), (tail, c2) = (frame_run(x, cap, tolerance, outliers) for x in (lines, lines[::-1]))
+        framed = (head > 0) & (tail > 0) & (tf.reduce_max(tf.abs(c1 - c2)) <= tolerance)
+        return tf.where(framed, head, 0), tf.where(framed, tail, 0)
+
+    (top, bottom), (left, right) = pair(rows, height), pair(columns, width)
+    return image[top:height - bottom, left:width - right]
 
 
 def class_table(classes=CLASSES) -> tf.lookup.StaticHashTable:

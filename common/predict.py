@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,8 +120,9 @@ def expand(paths: list[str]) -> tuple[list[str], list[str]]:
     return files, notes
 
 
-def preprocess(path: str, size: int) -> np.ndarray:
-    """float32 [size,size,3] in 0..255 via decode_pad_resize; BadInput for unreadable, non-JPEG or corrupt files."""
+def preprocess(path: str, size: int, trim: bool = True) -> np.ndarray:
+    """float32 [size,size,3] in 0..255 via decode_pad_resize, one file; BadInput for unreadable, non-JPEG or
+    corrupt files. The streaming path drops a file that fails; this names the reason."""
     import tensorflow as tf
 
     from common.pipeline import decode_pad_resize
@@ -133,7 +136,7 @@ def preprocess(path: str, size: int) -> np.ndarray:
     if not data.startswith(b"\xff\xd8"):
         raise BadInput("not a JPEG image (the models are trained on JPEG photos; convert it to JPEG)")
     try:
-        image = decode_pad_resize(tf.constant(data), size)
+        image = decode_pad_resize(tf.constant(data), size, trim=trim)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
         raise BadInput(f"corrupt JPEG ({tf_reason(e)})") from None
     return tf.cast(image, tf.float32).numpy()
@@ -146,22 +149,70 @@ def tf_reason(e: Exception) -> str:
     return text or type(e).__name__
 
 
-def predict(loaded: LoadedModel, files: list[str]) -> list[Prediction]:
-    """One Prediction per file, in order; a file that fails carries its error and does not stop the rest."""
-    out, ready = [], []
-    for f in files:
+def image_batches(sources: list, size: int, trim: bool, files: bool, batch: int = BATCH):
+    """tf.data of (index int64 [B], float32 images [B,S,S,3]) from file paths (`files`) or JPEG bytes.
+
+    The same decode_pad_resize as `prepare` (plus border trimming when `trim`), in parallel and in order. An
+    element that cannot be read or decoded is dropped instead of ending the stream; the gap in the indices tells
+    the caller which one to diagnose. Only a few batches are in flight, so memory does not grow with the count.
+    """
+    import tensorflow as tf
+
+    from common.pipeline import decode_pad_resize
+
+    def load(index, source):
+        data = tf.io.read_file(source) if files else source
+        tf.debugging.assert_equal(tf.strings.substr(data, 0, 2), b"\xff\xd8", message="not a JPEG")
+        return index, tf.cast(decode_pad_resize(data, size, trim=trim), tf.float32)
+
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(sources, tf.string)).enumerate()
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    return ds.batch(batch).prefetch(2)
+
+
+def compiled(model, size: int):
+    """The model as one traced function for any batch size: no retracing for the last, shorter batch."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, size, size, 3], tf.float32)
+    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+
+def classify(loaded: LoadedModel, files: list[str], trim: bool = True,
+             batch: int = BATCH) -> Iterator[Prediction]:
+    """One Prediction per file, in input order, yielded as soon as its batch is classified. A file that fails
+    carries its error (found by `preprocess` on that file alone) and does not stop the rest."""
+    run = compiled(loaded.model, loaded.size)
+
+    def one(i: int) -> Prediction:  # a file the stream dropped: name the reason (or classify it, if it reads now)
         try:
-            ready.append((len(out), preprocess(f, loaded.size)))
+            return Prediction(files[i], np.asarray(run(preprocess(files[i], loaded.size, trim)[None]))[0])
         except BadInput as e:
-            out.append(Prediction(f, error=str(e)))
-            continue
-        out.append(Prediction(f))
-    for i in range(0, len(ready), BATCH):
-        chunk = ready[i:i + BATCH]
-        probs = np.asarray(loaded.model(np.stack([x for _, x in chunk]), training=False))
-        for (index, _), p in zip(chunk, probs):
-            out[index].probabilities = p
-    return out
+            return Prediction(files[i], error=str(e))
+
+    done = 0
+    for indices, images in image_batches(files, loaded.size, trim, files=True, batch=batch):
+        for i, p in zip(indices.numpy(), np.asarray(run(images))):
+            yield from (one(j) for j in range(done, i))
+            yield Prediction(files[i], p)
+            done = i + 1
+    yield from (one(j) for j in range(done, len(files)))
+
+
+@contextmanager
+def progress_bar(total: int) -> Iterator[Callable[[], None]]:
+    """A rich progress bar on stderr while stderr is a terminal (nothing in logs and pipes); yields `advance()`.
+
+    Lines written to stderr meanwhile (the per-file errors) appear above the bar.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    columns = (TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal, redirect_stdout=False) as bar:
+        task = bar.add_task("classifying", total=total)
+        yield lambda: bar.advance(task)
 
 
 def csv_header(classes: list[str]) -> list[str]:

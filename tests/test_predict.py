@@ -63,11 +63,11 @@ def reference(model_path: Path, image: Path, pad: bool = True) -> np.ndarray:
 
 
 def test_predict_uses_decode_pad_resize(model_dir, images):
-    from common.predict import load, predict
+    from common.predict import classify, load
 
     loaded = load(str(model_dir / "model.keras"))
     assert loaded.size == SIZE and loaded.classes == list(reversed(CLASSES))
-    out = predict(loaded, [str(images["wide"]), str(images["tall"])])
+    out = list(classify(loaded, [str(images["wide"]), str(images["tall"])], trim=False))
     for p, name in zip(out, ("wide", "tall")):
         assert not p.error
         expected = reference(model_dir / "model.keras", images[name])
