@@ -43,8 +43,9 @@ def decode_pad_resize(jpeg: tf.Tensor, size: int, fast: bool = True, trim: bool 
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-TRIM_TOLERANCE = 12 # levels (0..255) a frame pixel may differ from the frame's colour: JPEG noise, not texture
+TRIM_TOLERANCE = 12  # mean |difference| over R, G, B (0..255) from the frame's colour: JPEG noise, not texture
 TRIM_OUTLIERS = 0.02  # share of a frame line's pixels allowed beyond the tolerance (specks)
+TRIM_SPREAD = 3  # a frame line's mean distance from its colour: a plain background's gradient or noise is more
 TRIM_EDGE = 8  # lines past a frame where JPEG blurs frame into photo; cut while most pixels still match the frame
 TRIM_MAX_SHARE = 0.25  # at most this share of the height (width) is cut from each side
 
@@ -53,12 +54,14 @@ def frame_run(lines: tf.Tensor, cap: tf.Tensor, tolerance: float, outliers: floa
     """(number of leading frame lines, the frame's colour) of `lines` [N, L, 3] float32, at most `cap` lines.
 
     A frame line has all but an `outliers` share of its pixels within `tolerance` of the outermost line's median
-    colour. Past the last one, up to TRIM_EDGE lines where most pixels still match are the JPEG-blurred seam.
+    colour, and on average within TRIM_SPREAD. Past the last one, up to TRIM_EDGE lines where most pixels still match are the JPEG-blurred seam.
     """
     lines = lines[:cap]
     colour = tf.sort(tf.transpose(lines[:1], [0, 2, 1]), axis=-1)[:, :, tf.shape(lines)[1] // 2]  # [1, 3]
-    off = tf.reduce_mean(tf.cast(tf.reduce_max(tf.abs(lines - colour[:, None]), -1) > tolerance, tf.float32), 1)
-    frame = tf.reduce_sum(tf.math.cumprod(tf.cast(off <= outliers, tf.int32)))
+    distance = tf.reduce_mean(tf.abs(lines - colour[:, None]), -1)  # mean over R, G, B: JPEG blurs colour more
+    off = tf.reduce_mean(tf.cast(distance > tolerance, tf.float32), 1)  # share of each line's pixels off colour
+    flat = (off <= outliers) & (tf.reduce_mean(distance, 1) <= TRIM_SPREAD)
+    frame = tf.reduce_sum(tf.math.cumprod(tf.cast(flat, tf.int32)))
     seam = tf.reduce_sum(tf.math.cumprod(tf.cast(off <= 0.5, tf.int32)))
     return tf.where(frame > 0, tf.minimum(seam, frame + TRIM_EDGE), 0), colour[0]
 
