@@ -50,20 +50,34 @@ TRIM_EDGE = 8  # lines past a frame where JPEG blurs frame into photo; cut while
 TRIM_MAX_SHARE = 0.25  # at most this share of the height (width) is cut from each side
 
 
-def frame_run(lines: tf.Tensor, cap: tf.Tensor, tolerance: float, outliers: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """(number of leading frame lines, the frame's colour) of `lines` [N, L, 3] float32, at most `cap` lines.
+def frame_lines(lines: tf.Tensor, colour: tf.Tensor, tolerance: float,
+                outliers: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """For `lines` [N, L, 3]: (is each a frame line of `colour` [3], the share of its pixels off that colour).
 
-    A frame line has all but an `outliers` share of its pixels within `tolerance` of the outermost line's median
-    colour, and on average within TRIM_SPREAD. Past the last one, up to TRIM_EDGE lines where most pixels still match are the JPEG-blurred seam.
+    A frame line has all but an `outliers` share of its pixels within `tolerance` of the colour, and is on
+    average within TRIM_SPREAD of it. Distances are means over R, G, B: JPEG blurs colour more than brightness.
     """
-    lines = lines[:cap]
-    colour = tf.sort(tf.transpose(lines[:1], [0, 2, 1]), axis=-1)[:, :, tf.shape(lines)[1] // 2]  # [1, 3]
-    distance = tf.reduce_mean(tf.abs(lines - colour[:, None]), -1)  # mean over R, G, B: JPEG blurs colour more
-    off = tf.reduce_mean(tf.cast(distance > tolerance, tf.float32), 1)  # share of each line's pixels off colour
-    flat = (off <= outliers) & (tf.reduce_mean(distance, 1) <= TRIM_SPREAD)
+    distance = tf.reduce_mean(tf.abs(tf.cast(lines, tf.float32) - colour), -1)
+    off = tf.reduce_mean(tf.cast(distance > tolerance, tf.float32), 1)
+    return (off <= outliers) & (tf.reduce_mean(distance, 1) <= TRIM_SPREAD), off
+
+
+def median_colour(line: tf.Tensor) -> tf.Tensor:
+    """float32 [3]: the median of each channel along one line [L, 3]."""
+    return tf.sort(tf.transpose(tf.cast(line, tf.float32)), axis=-1)[:, tf.shape(line)[0] // 2]
+
+
+def frame_run(lines: tf.Tensor, tolerance: float, outliers: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """(number of leading frame lines, the frame's colour) of `lines` uint8 [N, L, 3], outermost line first.
+
+    The colour is the outermost line's median. Past the last frame line, up to TRIM_EDGE lines where most pixels
+    still match are the seam JPEG blurred between frame and photo, and are cut too.
+    """
+    colour = median_colour(lines[0])
+    flat, off = frame_lines(lines, colour, tolerance, outliers)
     frame = tf.reduce_sum(tf.math.cumprod(tf.cast(flat, tf.int32)))
     seam = tf.reduce_sum(tf.math.cumprod(tf.cast(off <= 0.5, tf.int32)))
-    return tf.where(frame > 0, tf.minimum(seam, frame + TRIM_EDGE), 0), colour[0]
+    return tf.where(frame > 0, tf.minimum(seam, frame + TRIM_EDGE), 0), colour
 
 
 def trim_borders(image: tf.Tensor, tolerance: float = TRIM_TOLERANCE, max_share: float = TRIM_MAX_SHARE,
@@ -74,19 +88,28 @@ def trim_borders(image: tf.Tensor, tolerance: float = TRIM_TOLERANCE, max_share:
     different to the model, so `predict` removes what it can see is a frame: on opposite sides (top and bottom,
     left and right), runs of near-constant lines of the same colour (`frame_run`). A real plain background has
     noise, a gradient or different colours at opposite edges, which stops the cut; `max_share` bounds the cut
-    on each side whatever the image. All sides are measured on the untrimmed image.
+    on each side whatever the image. All sides are measured on the untrimmed image. Most photos have no flat
+    outermost line at all; for them only those four lines are read.
     """
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    rows = tf.cast(image, tf.float32)
-    columns = tf.transpose(rows, [1, 0, 2])
+    edges = (image[0], image[-1], image[:, 0], image[:, -1])
+    maybe = tf.reduce_any([frame_lines(e[None], median_colour(e), tolerance, outliers)[0][0] for e in edges])
+    return tf.cond(maybe, lambda: cut_frame(image, tolerance, max_share, outliers), lambda: image)
 
-    def pair(lines: tf.Tensor, count: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:  # cuts at both ends, or none
-        cap = tf.cast(tf.cast(count, tf.float32) * max_share, tf.int32)
-        (head, c1), (tail, c2) = (frame_run(x, cap, tolerance, outliers) for x in (lines, lines[::-1]))
-        framed = (head > 0) & (tail > 0) & (tf.reduce_max(tf.abs(c1 - c2)) <= tolerance)
+
+def cut_frame(image: tf.Tensor, tolerance: float, max_share: float, outliers: float) -> tf.Tensor:
+    """`trim_borders`' cut, for an image with at least one flat outermost line."""
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    rows, cols = (tf.maximum(tf.cast(tf.cast(n, tf.float32) * max_share, tf.int32), 1) for n in (height, width))
+    sides = (image[:rows], image[height - rows:][::-1],
+             tf.transpose(image[:, :cols], [1, 0, 2]), tf.transpose(image[:, width - cols:], [1, 0, 2])[::-1])
+    (top, c1), (bottom, c2), (left, c3), (right, c4) = (frame_run(s, tolerance, outliers) for s in sides)
+
+    def pair(head, tail, c_head, c_tail, count):  # a frame has both sides, in one colour; else nothing is cut
+        framed = (head > 0) & (tail > 0) & (tf.reduce_max(tf.abs(c_head - c_tail)) <= tolerance)
+        framed &= head + tail < count  # a tiny image keeps at least a line
         return tf.where(framed, head, 0), tf.where(framed, tail, 0)
 
-    (top, bottom), (left, right) = pair(rows, height), pair(columns, width)
+    (top, bottom), (left, right) = pair(top, bottom, c1, c2, height), pair(left, right, c3, c4, width)
     return image[top:height - bottom, left:width - right]
 
 

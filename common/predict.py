@@ -25,7 +25,9 @@ from common.errors import BadInput
 from common.store import Store, join, open_store
 
 JPEG_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif"}
-BATCH = 32
+# Images per model call: enough to keep the CPU busy; at 224 px MobileNetV3's activations for 32 images add
+# ~150 MB to the peak (bench/bench_predict.py), so predict's memory stays bounded with 16.
+BATCH = 16
 
 
 @dataclass
