@@ -2,7 +2,12 @@
 
 The model sees what `common.pipeline.decode_pad_resize` makes of a JPEG -- the same function `prepare` used
 to build the training tensors -- at the size the model's input declares. Anything else (another resize, no
-padding) would silently shift the input distribution and the accuracy with it.
+padding) would silently shift the input distribution and the accuracy with it. One step is added before it by
+default: a uniform frame the photo arrived with (letterbox bars, a border) is trimmed (`pipeline.trim_borders`),
+because the training photos had none but the black padding.
+
+Photos stream through tf.data (parallel decoding, batches of BATCH, a row per photo as soon as its batch is
+classified), so memory does not grow with the number of photos.
 
 A model is found by one reference: `best` (the sweep's chosen model), a store key or prefix
 (`sweeps/aquarium/variants/cnn-a`), an `s3://` or `file://` URI, or a local path. Whatever it is, it is opened
@@ -211,7 +216,7 @@ def progress_bar(total: int) -> Iterator[Callable[[], None]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
-    columns = (TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal, redirect_stdout=False) as bar:
         task = bar.add_task("classifying", total=total)
         yield lambda: bar.advance(task)
