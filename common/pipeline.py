@@ -18,11 +18,12 @@ from common.config import CLASSES, Variant
 RATIOS = (8, 4, 2, 1)  # libjpeg's DCT-domain downscaling factors
 
 
-def decode_pad_resize(jpeg: tf.Tensor, size: int, fast: bool = True) -> tf.Tensor:
+def decode_pad_resize(jpeg: tf.Tensor, size: int, fast: bool = True, trim: bool = False) -> tf.Tensor:
     """JPEG bytes -> uint8 [size, size, 3]: decode, zero-pad to a centred square, resize (antialiased).
 
     With `fast`, libjpeg decodes at 1/2, 1/4 or 1/8 scale in the DCT domain when the result is still at least
     twice the target size, which skips most of the decoding work and loses nothing after the final resize.
+    With `trim` (`predict`, never `prepare`), a uniform frame around the photo is cut off first: `trim_borders`.
     """
     if fast:
         longest = tf.reduce_max(tf.io.extract_jpeg_shape(jpeg)[:2])
@@ -33,11 +34,83 @@ def decode_pad_resize(jpeg: tf.Tensor, size: int, fast: bool = True) -> tf.Tenso
         image = tf.switch_case(index, branches)
     else:
         image = tf.io.decode_jpeg(jpeg, channels=3)
+    if trim:
+        image = trim_borders(image)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     side = tf.maximum(height, width)
     image = tf.image.pad_to_bounding_box(image, (side - height) // 2, (side - width) // 2, side, side)
     image = tf.image.resize(image, (size, size), antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+TRIM_TOLERANCE = 12  # mean |difference| over R, G, B (0..255) from the frame's colour: JPEG noise, not texture
+TRIM_OUTLIERS = 0.02  # share of a frame line's pixels allowed beyond the tolerance (specks)
+TRIM_SPREAD = 3  # a frame line's mean distance from its colour: a plain background's gradient or noise is more
+TRIM_EDGE = 8  # lines past a frame where JPEG blurs frame into photo; cut while most pixels still match the frame
+TRIM_MAX_SHARE = 0.25  # at most this share of the height (width) is cut from each side
+
+
+def frame_lines(lines: tf.Tensor, colour: tf.Tensor, tolerance: float,
+                outliers: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """For `lines` [N, L, 3]: (is each a frame line of `colour` [3], the share of its pixels off that colour).
+
+    A frame line has all but an `outliers` share of its pixels within `tolerance` of the colour, and is on
+    average within TRIM_SPREAD of it. Distances are means over R, G, B: JPEG blurs colour more than brightness.
+    """
+    distance = tf.reduce_mean(tf.abs(tf.cast(lines, tf.float32) - colour), -1)
+    off = tf.reduce_mean(tf.cast(distance > tolerance, tf.float32), 1)
+    return (off <= outliers) & (tf.reduce_mean(distance, 1) <= TRIM_SPREAD), off
+
+
+def median_colour(line: tf.Tensor) -> tf.Tensor:
+    """float32 [3]: the median of each channel along one line [L, 3]."""
+    return tf.sort(tf.transpose(tf.cast(line, tf.float32)), axis=-1)[:, tf.shape(line)[0] // 2]
+
+
+def frame_run(lines: tf.Tensor, tolerance: float, outliers: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """(number of leading frame lines, the frame's colour) of `lines` uint8 [N, L, 3], outermost line first.
+
+    The colour is the outermost line's median. Past the last frame line, up to TRIM_EDGE lines where most pixels
+    still match are the seam JPEG blurred between frame and photo, and are cut too.
+    """
+    colour = median_colour(lines[0])
+    flat, off = frame_lines(lines, colour, tolerance, outliers)
+    frame = tf.reduce_sum(tf.math.cumprod(tf.cast(flat, tf.int32)))
+    seam = tf.reduce_sum(tf.math.cumprod(tf.cast(off <= 0.5, tf.int32)))
+    return tf.where(frame > 0, tf.minimum(seam, frame + TRIM_EDGE), 0), colour
+
+
+def trim_borders(image: tf.Tensor, tolerance: float = TRIM_TOLERANCE, max_share: float = TRIM_MAX_SHARE,
+                 outliers: float = TRIM_OUTLIERS) -> tf.Tensor:
+    """uint8 [H,W,3] -> the same image without the uniform frame a user's tool may have put around the photo.
+
+    Training images are padded with black; a photo letterboxed with white bars or given a coloured border looks
+    different to the model, so `predict` removes what it can see is a frame: on opposite sides (top and bottom,
+    left and right), runs of near-constant lines of the same colour (`frame_run`). A real plain background has
+    noise, a gradient or different colours at opposite edges, which stops the cut; `max_share` bounds the cut
+    on each side whatever the image. All sides are measured on the untrimmed image. Most photos have no flat
+    outermost line at all; for them only those four lines are read.
+    """
+    edges = (image[0], image[-1], image[:, 0], image[:, -1])
+    maybe = tf.reduce_any([frame_lines(e[None], median_colour(e), tolerance, outliers)[0][0] for e in edges])
+    return tf.cond(maybe, lambda: cut_frame(image, tolerance, max_share, outliers), lambda: image)
+
+
+def cut_frame(image: tf.Tensor, tolerance: float, max_share: float, outliers: float) -> tf.Tensor:
+    """`trim_borders`' cut, for an image with at least one flat outermost line."""
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    rows, cols = (tf.maximum(tf.cast(tf.cast(n, tf.float32) * max_share, tf.int32), 1) for n in (height, width))
+    sides = (image[:rows], image[height - rows:][::-1],
+             tf.transpose(image[:, :cols], [1, 0, 2]), tf.transpose(image[:, width - cols:], [1, 0, 2])[::-1])
+    (top, c1), (bottom, c2), (left, c3), (right, c4) = (frame_run(s, tolerance, outliers) for s in sides)
+
+    def pair(head, tail, c_head, c_tail, count):  # a frame has both sides, in one colour; else nothing is cut
+        framed = (head > 0) & (tail > 0) & (tf.reduce_max(tf.abs(c_head - c_tail)) <= tolerance)
+        framed &= head + tail < count  # a tiny image keeps at least a line
+        return tf.where(framed, head, 0), tf.where(framed, tail, 0)
+
+    (top, bottom), (left, right) = pair(top, bottom, c1, c2, height), pair(left, right, c3, c4, width)
+    return image[top:height - bottom, left:width - right]
 
 
 def class_table(classes=CLASSES) -> tf.lookup.StaticHashTable:

@@ -2,7 +2,12 @@
 
 The model sees what `common.pipeline.decode_pad_resize` makes of a JPEG -- the same function `prepare` used
 to build the training tensors -- at the size the model's input declares. Anything else (another resize, no
-padding) would silently shift the input distribution and the accuracy with it.
+padding) would silently shift the input distribution and the accuracy with it. One step is added before it by
+default: a uniform frame the photo arrived with (letterbox bars, a border) is trimmed (`pipeline.trim_borders`),
+because the training photos had none but the black padding.
+
+Photos stream through tf.data (parallel decoding, batches of BATCH, a row per photo as soon as its batch is
+classified), so memory does not grow with the number of photos.
 
 A model is found by one reference: `best` (the sweep's chosen model), a store key or prefix
 (`sweeps/aquarium/variants/cnn-a`), an `s3://` or `file://` URI, or a local path. Whatever it is, it is opened
@@ -14,6 +19,8 @@ from __future__ import annotations
 import re
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +31,9 @@ from common.errors import BadInput
 from common.store import Store, join, open_store
 
 JPEG_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif"}
-BATCH = 32
+# Images per model call: enough to keep the CPU busy; at 224 px MobileNetV3's activations for 32 images add
+# ~150 MB to the peak (bench/bench_predict.py), so predict's memory stays bounded with 16.
+BATCH = 16
 
 
 @dataclass
@@ -43,18 +52,20 @@ class Prediction:
 
 
 def locate(ref: str, sweep: Sweep | None, store_uri: str | None) -> tuple[Store, str]:
-    """(store opened at the model's folder, model file name) for any way of naming a model."""
+    """(store opened at the model's folder, model file name) for any way of naming a model. A resolved sweep
+    carries its store; `store_uri` counts only when there is no sweep."""
     endpoint = sweep.endpoint if sweep else None
+    base_store = sweep.store if sweep else store_uri
     if ref == "best":
         if sweep is None:
             raise BadInput("--model best needs the sweep: pass --config SWEEP.yaml (and --store if overridden)")
-        ref, base = join(sweep.prefix, "best"), store_uri or sweep.store
+        ref, base = join(sweep.prefix, "best"), base_store
     elif "://" in ref:
         base, ref = ref, ""
-    elif Path(ref).expanduser().exists() or sweep is None and store_uri is None:
+    elif Path(ref).expanduser().exists() or base_store is None:
         base, ref = str(Path(ref).expanduser().resolve()), ""
     else:
-        base = store_uri or sweep.store
+        base = base_store
     full = open_store(base, endpoint).url(ref) if ref else base
     folder, name = (full.rsplit("/", 1) if full.endswith(".keras") else (full.rstrip("/"), "model.keras"))
     return open_store(folder, endpoint), name
@@ -124,8 +135,9 @@ def expand(paths: list[str]) -> tuple[list[str], list[str]]:
     return files, notes
 
 
-def preprocess(path: str, size: int) -> np.ndarray:
-    """float32 [size,size,3] in 0..255 via decode_pad_resize; BadInput for unreadable, non-JPEG or corrupt files."""
+def preprocess(path: str, size: int, trim: bool = True) -> np.ndarray:
+    """float32 [size,size,3] in 0..255 via decode_pad_resize, one file; BadInput for unreadable, non-JPEG or
+    corrupt files. The streaming path drops a file that fails; this names the reason."""
     import tensorflow as tf
 
     from common.pipeline import decode_pad_resize
@@ -139,7 +151,7 @@ def preprocess(path: str, size: int) -> np.ndarray:
     if not data.startswith(b"\xff\xd8"):
         raise BadInput("not a JPEG image (the models are trained on JPEG photos; convert it to JPEG)")
     try:
-        image = decode_pad_resize(tf.constant(data), size)
+        image = decode_pad_resize(tf.constant(data), size, trim=trim)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
         raise BadInput(f"corrupt JPEG ({tf_reason(e)})") from None
     return tf.cast(image, tf.float32).numpy()
@@ -152,22 +164,70 @@ def tf_reason(e: Exception) -> str:
     return text or type(e).__name__
 
 
-def predict(loaded: LoadedModel, files: list[str]) -> list[Prediction]:
-    """One Prediction per file, in order; a file that fails carries its error and does not stop the rest."""
-    out, ready = [], []
-    for f in files:
+def image_batches(sources: list, size: int, trim: bool, files: bool, batch: int = BATCH):
+    """tf.data of (index int64 [B], float32 images [B,S,S,3]) from file paths (`files`) or JPEG bytes.
+
+    The same decode_pad_resize as `prepare` (plus border trimming when `trim`), in parallel and in order. An
+    element that cannot be read or decoded is dropped instead of ending the stream; the gap in the indices tells
+    the caller which one to diagnose. Only a few batches are in flight, so memory does not grow with the count.
+    """
+    import tensorflow as tf
+
+    from common.pipeline import decode_pad_resize
+
+    def load(index, source):
+        data = tf.io.read_file(source) if files else source
+        tf.debugging.assert_equal(tf.strings.substr(data, 0, 2), b"\xff\xd8", message="not a JPEG")
+        return index, tf.cast(decode_pad_resize(data, size, trim=trim), tf.float32)
+
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(sources, tf.string)).enumerate()
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    return ds.batch(batch).prefetch(2)
+
+
+def compiled(model, size: int):
+    """The model as one traced function for any batch size: no retracing for the last, shorter batch."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, size, size, 3], tf.float32)
+    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+
+def classify(loaded: LoadedModel, files: list[str], trim: bool = True,
+             batch: int = BATCH) -> Iterator[Prediction]:
+    """One Prediction per file, in input order, yielded as soon as its batch is classified. A file that fails
+    carries its error (found by `preprocess` on that file alone) and does not stop the rest."""
+    run = compiled(loaded.model, loaded.size)
+
+    def one(i: int) -> Prediction:  # a file the stream dropped: name the reason (or classify it, if it reads now)
         try:
-            ready.append((len(out), preprocess(f, loaded.size)))
+            return Prediction(files[i], np.asarray(run(preprocess(files[i], loaded.size, trim)[None]))[0])
         except BadInput as e:
-            out.append(Prediction(f, error=str(e)))
-            continue
-        out.append(Prediction(f))
-    for i in range(0, len(ready), BATCH):
-        chunk = ready[i:i + BATCH]
-        probs = np.asarray(loaded.model(np.stack([x for _, x in chunk]), training=False))
-        for (index, _), p in zip(chunk, probs):
-            out[index].probabilities = p
-    return out
+            return Prediction(files[i], error=str(e))
+
+    done = 0
+    for indices, images in image_batches(files, loaded.size, trim, files=True, batch=batch):
+        for i, p in zip(indices.numpy(), np.asarray(run(images))):
+            yield from (one(j) for j in range(done, i))
+            yield Prediction(files[i], p)
+            done = i + 1
+    yield from (one(j) for j in range(done, len(files)))
+
+
+@contextmanager
+def progress_bar(total: int) -> Iterator[Callable[[], None]]:
+    """A rich progress bar on stderr while stderr is a terminal (nothing in logs and pipes); yields `advance()`.
+
+    Lines written to stderr meanwhile (the per-file errors) appear above the bar.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal, redirect_stdout=False) as bar:
+        task = bar.add_task("classifying", total=total)
+        yield lambda: bar.advance(task)
 
 
 def csv_header(classes: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from artefacts import SIZE, tiny_model_bytes
 from common.config import CLASSES
@@ -63,11 +63,11 @@ def reference(model_path: Path, image: Path, pad: bool = True) -> np.ndarray:
 
 
 def test_predict_uses_decode_pad_resize(model_dir, images):
-    from common.predict import load, predict
+    from common.predict import classify, load
 
     loaded = load(str(model_dir / "model.keras"))
     assert loaded.size == SIZE and loaded.classes == list(reversed(CLASSES))
-    out = predict(loaded, [str(images["wide"]), str(images["tall"])])
+    out = list(classify(loaded, [str(images["wide"]), str(images["tall"])], trim=False))
     for p, name in zip(out, ("wide", "tall")):
         assert not p.error
         expected = reference(model_dir / "model.keras", images[name])
@@ -130,3 +130,196 @@ def test_missing_model_is_one_clear_error(tmp_path):
     run = _predict("--model", str(tmp_path / "nothing-here"), "x.jpg")
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].startswith(f"error: no model at file://{tmp_path}/nothing-here")
+
+
+# --- border trimming, streaming, progress -------------------------------------------------------------------------
+
+def photo(width: int, height: int, seed: int, scale: float = 1.0) -> Image.Image:
+    """A busy generated photo: colour gradients, noise and a few solid discs (no uniform edge lines)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.stack([60 + 80 * xx / width, 90 + 60 * yy / height, 150 - 50 * xx / width], -1)
+    img = img + rng.normal(0, 6, (height, width, 3))
+    for _ in range(4):
+        cx, cy, r = rng.integers(0, width), rng.integers(0, height), rng.integers(10, height // 3)
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.integers(0, 255, 3)
+    return Image.fromarray(np.clip(img * scale, 0, 255).astype(np.uint8))
+
+
+def plain_background(width: int, height: int, seed: int) -> Image.Image:
+    """A fish on open water: a smooth vertical gradient (lighter near the surface), little noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.stack([20 + 0 * xx, 90 + 30 * yy / height, 160 - 20 * yy / height], -1)
+    img = img + rng.normal(0, 1.5, (height, width, 3))
+    img[(xx - width / 2) ** 2 / 4 + (yy - height / 2) ** 2 < (height / 6) ** 2] = (230, 120, 20)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def encode(im: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def trimmed_shape(data: bytes, **kwargs) -> tuple[int, int]:
+    import tensorflow as tf
+
+    from common.pipeline import trim_borders
+
+    return tuple(trim_borders(tf.io.decode_jpeg(data, channels=3), **kwargs).shape[:2])
+
+
+COLOURS = [(0, 0, 0), (255, 255, 255), (128, 128, 128), (0, 90, 160), (250, 200, 0)]
+
+
+@pytest.mark.parametrize("colour", COLOURS, ids=lambda c: "rgb-%d-%d-%d" % c)
+def test_trim_removes_letterbox_bars_and_borders_of_any_colour(colour):
+    """What is left is the photo, give or take JPEG's blurred seam, and the model input is close to the
+    original's, far closer than without trimming."""
+    from common.pipeline import decode_pad_resize
+
+    original = photo(320, 200, 1)
+    framed = {"letterbox": ImageOps.pad(original, (320, 320), color=colour),
+              "pillarbox": ImageOps.pad(original.transpose(Image.Transpose.ROTATE_90), (320, 320), color=colour),
+              "border": ImageOps.expand(original, 12, fill=colour),
+              "both": ImageOps.expand(ImageOps.pad(original, (320, 320), color=colour), 10, fill=colour)}
+    reference = decode_pad_resize(encode(original), 64).numpy().astype(float)
+    for name, im in framed.items():
+        h, w = trimmed_shape(encode(im))
+        expected = (320, 200) if name == "pillarbox" else (200, 320)
+        assert abs(h - expected[0]) <= 4 and abs(w - expected[1]) <= 4, (name, h, w)
+        if name == "pillarbox":
+            continue
+        kept = np.abs(decode_pad_resize(encode(im), 64, trim=True).numpy() - reference).mean()
+        framed_diff = np.abs(decode_pad_resize(encode(im), 64).numpy() - reference).mean()
+        assert kept < 4 and (colour == (0, 0, 0) or framed_diff > 4 * kept), (name, kept, framed_diff)
+
+
+def test_trim_leaves_photos_without_a_frame_alone():
+    """A plain-background photo (open water, a gradient) and a busy photo keep every pixel."""
+    for im in (plain_background(320, 240, 2), plain_background(240, 320, 3), photo(300, 300, 4)):
+        assert trimmed_shape(encode(im)) == (im.height, im.width)
+
+
+def test_trim_is_bounded_and_needs_matching_opposite_sides():
+    small = photo(100, 60, 5)
+    huge_frame = ImageOps.expand(small, 120, fill=(255, 255, 255))  # 340 x 300: the photo is a fifth of it
+    h, w = trimmed_shape(encode(huge_frame), max_share=0.25)
+    assert (h, w) == (300 - 2 * 75, 340 - 2 * 85)
+    # bars of two different colours are not a frame (a sky above, sand below); nothing is cut
+    im = np.asarray(ImageOps.pad(photo(320, 200, 6), (320, 320), color=(255, 255, 255))).copy()
+    im[260:] = (40, 40, 40)
+    assert trimmed_shape(encode(Image.fromarray(im))) == (320, 320)
+
+
+def test_classify_streams_with_bounded_read_ahead(model_dir, tmp_path):
+    """The first rows come before the later files are even read: files deleted after the first result fail
+    as unreadable, and the ones before them are classified."""
+    from common.predict import classify, load
+
+    files = [str(jpeg(tmp_path / f"p{i:03d}.jpg", 40, 30, i)) for i in range(120)]
+    stream = classify(load(str(model_dir / "model.keras")), files, batch=4)
+    first = next(stream)
+    for f in files[60:]:
+        os.remove(f)
+    rest = [first, *stream]
+    assert [p.file for p in rest] == files
+    assert all(p.probabilities is not None for p in rest[:20])
+    assert all(p.error.startswith("cannot read") for p in rest[60:])
+
+
+def _predict_on_terminal(*args) -> tuple[int, str, str]:
+    """Run predict with stderr on a pseudo-terminal; (exit code, stdout, what the terminal showed)."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    chunks = []
+
+    def read():
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TERM": "xterm", "COLUMNS": "100"}
+    run = subprocess.run([sys.executable, "-m", "jobs.cli", "predict", *args], stdout=subprocess.PIPE,
+                         stderr=slave, text=True, env=env, timeout=300, cwd=Path(__file__).parent)
+    os.close(slave)
+    reader.join(10)
+    os.close(master)
+    return run.returncode, run.stdout, b"".join(chunks).decode(errors="replace")
+
+
+def test_cli_trims_by_default_shows_progress_and_no_trim_borders_turns_it_off(model_dir, tmp_path):
+    original = photo(320, 200, 7)
+    (tmp_path / "original.jpg").write_bytes(encode(original))
+    for i, colour in enumerate(COLOURS[1:]):
+        (tmp_path / f"framed{i}.jpg").write_bytes(encode(ImageOps.pad(original, (320, 320), color=colour)))
+    code, out, terminal = _predict_on_terminal("--model", str(model_dir), str(tmp_path))
+    assert code == 0, terminal
+    assert "classifying" in terminal and "5/5" in terminal  # rich's bar, on the terminal only
+    run = _predict("--model", str(model_dir), "--no-trim-borders", str(tmp_path))
+    assert run.returncode == 0 and "classifying" not in run.stderr
+    for text in (out, run.stdout):
+        assert [r[0] for r in list(csv.reader(io.StringIO(text)))[1:]] == sorted(map(str, tmp_path.glob("*.jpg")))
+    trimmed, untrimmed = ({r[0]: np.array(r[2:], float) for r in list(csv.reader(io.StringIO(t)))[1:]}
+                          for t in (out, run.stdout))
+    base = trimmed[str(tmp_path / "original.jpg")]
+    for i in range(len(COLOURS) - 1):
+        framed = str(tmp_path / f"framed{i}.jpg")
+        assert np.abs(trimmed[framed] - base).max() < np.abs(untrimmed[framed] - base).max()
+
+
+# --- robustness to the frame ----------------------------------------------------------------------------------
+
+def brightness_model(size: int):
+    """A fixed model that answers by the mean brightness of its input: class 0 when dark, 1 when bright. A frame
+    of bright bars changes its answer; that is what `robustness` must see."""
+    import keras
+
+    inputs = keras.Input((size, size, 3))
+    dense = keras.layers.Dense(len(CLASSES), activation="softmax")
+    outputs = dense(keras.layers.GlobalAveragePooling2D()(inputs))
+    weights = np.zeros((3, len(CLASSES)), np.float32)
+    weights[:, 0], weights[:, 1] = -0.05, 0.05
+    bias = np.full(len(CLASSES), -100.0, np.float32)
+    bias[0], bias[1] = 0.05 * 3 * 100, -0.05 * 3 * 100  # the boundary: a mean of 100 per channel
+    dense.set_weights([weights, bias])
+    return keras.Model(inputs, outputs)
+
+
+def test_robustness_measures_agreement_and_accuracy_per_copy(model_dir):
+    import keras
+
+    import common.models  # noqa: F401
+    from common.robustness import COPIES, ensemble_classifier, model_classifier, robustness
+
+    jpegs = [encode(photo(160, 90, seed, scale=0.4)) for seed in range(6)]  # dark photos: class 0
+    labels = [0, 0, 0, 0, 0, 1]
+    copies = {"identity": (lambda im: im, 95), **{k: COPIES[k] for k in ("letterbox-white", "mirror")}}
+    result = robustness(model_classifier(brightness_model(32), 32), jpegs, labels, copies)
+    assert result["images"] == 6 and result["accuracy"] == pytest.approx(5 / 6)
+    assert set(result["copies"]) == set(copies)
+    assert result["copies"]["identity"] == {"accuracy": pytest.approx(5 / 6), "agreement": 1.0,
+                                            "trimmed_accuracy": pytest.approx(5 / 6), "trimmed_agreement": 1.0}
+    white = result["copies"]["letterbox-white"]
+    assert white["agreement"] == 0.0 and white["accuracy"] == pytest.approx(1 / 6)  # the bars decide
+    assert white["trimmed_agreement"] == 1.0  # trimming gives the photo back
+    assert result["min_agreement"] == 0.0 and result["agreement"] == pytest.approx(2 / 3)
+    assert result["trimmed_min_agreement"] == 1.0
+    # a real saved model and an ensemble of models at two input sizes go through the same interface
+    tiny = model_classifier(keras.models.load_model(model_dir / "model.keras", compile=False), SIZE)
+    both = ensemble_classifier([tiny, model_classifier(brightness_model(48), 48)])
+    np.testing.assert_allclose(both(jpegs, False), (tiny(jpegs, False) + model_classifier(
+        brightness_model(48), 48)(jpegs, False)) / 2, atol=1e-6)
+    full = robustness(tiny, jpegs[:2], labels[:2])
+    assert set(full["copies"]) == set(COPIES)
+    assert all(0 <= v <= 1 for row in full["copies"].values() for v in row.values())
