@@ -2,8 +2,9 @@
 
 The seed's recipe -- class name to one-hot through a `tf.lookup` table, decode, pad to square keeping the
 aspect ratio, resize -- runs here exactly once per image and size. `decode_pad_resize` is the single definition
-of "what the model sees"; `predict` calls it too. Standardisation and augmentation happen on the fly in
-`input_pipeline`, because they must differ every epoch (augmentation) or live in the model (standardisation).
+of "what the model sees"; `predict` calls it too. Training batches leave
+`input_pipeline` as uint8; standardisation lives in the model and augmentation in its training step
+(`common.augment`), so the input path does no per-image work.
 """
 
 from __future__ import annotations
@@ -75,104 +76,31 @@ def tensors_from_bytes(data: bytes) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in ("images", "labels", "filenames")}
 
 
-def augment_batch(images: tf.Tensor, seed: tf.Tensor, variant: Variant) -> tf.Tensor:
-    """Random flip, rotation, zoom, crop and contrast, fused into ONE resampling pass.
-
-    float32 [B,S,S,3] in, float32 [B,S,S,3] out. Each image's flip, rotation about the centre, zoom about the
-    centre and random crop (resized back to S) are composed into one output->input affine map and applied by a
-    single bilinear `ImageProjectiveTransformV3` with constant zero fill, instead of one resampling per layer
-    (4 passes, the bulk of the input path's time at 224 px). The random draws are stateless, keyed by `seed`
-    (int64 [2]), so the map runs in parallel and is reproducible under op determinism. The distributions are
-    those of the Keras layers: flip p=0.5; angle U(-r, r) turns; zoom 1+U(-z, z) on both axes; crop of
-    round(S*(1-crop)) px at a uniform offset inside the image; contrast factor U(1-c, 1+c) around each image's mean.
-    """
-    a, size = variant.augment, variant.image_size
-    n = tf.shape(images)[0]
-    centre = (size - 1) / 2.0
-    ones, zeros = tf.ones([n]), tf.zeros([n])
-
-    def uniform(i, low, high):
-        return tf.random.stateless_uniform([n], seed=seed + [0, i], minval=low, maxval=high)
-
-    def affine(a0, a1, a2, b0, b1, b2):  # [n,3,3]: (x_in, y_in, 1) = M @ (x_out, y_out, 1)
-        return tf.stack([tf.stack([a0, a1, a2], -1), tf.stack([b0, b1, b2], -1),
-                         tf.stack([zeros, zeros, ones], -1)], 1)
-
-    matrix = tf.eye(3, batch_shape=[n])
-    if a.crop:  # output pixel x -> input x * scale + offset: a window of `side` px, resized back to `size`
-        side = round(size * (1 - a.crop))
-        scale = side / size
-        # The window's first sample lies at offset and its last at offset + (size - 1) * scale; both must be in
-        # [0, size - 1], or the border pixels blend with the zero fill.
-        low, high = 0.0, (size - 1) * (1 - scale)
-        dx, dy = uniform(3, low, high), uniform(4, low, high)
-        matrix = affine(ones * scale, zeros, dx, zeros, ones * scale, dy) @ matrix
-    if a.zoom:
-        z = 1.0 + uniform(2, -a.zoom, a.zoom)
-        matrix = affine(z, zeros, centre * (1 - z), zeros, z, centre * (1 - z)) @ matrix
-    if a.rotation:
-        angle = uniform(1, -a.rotation * 2 * np.pi, a.rotation * 2 * np.pi)
-        cos, sin = tf.cos(angle), tf.sin(angle)
-        matrix = affine(cos, -sin, centre - centre * cos + centre * sin,
-                        sin, cos, centre - centre * sin - centre * cos) @ matrix
-    if a.flip:
-        flip = tf.where(uniform(0, 0.0, 1.0) < 0.5, -1.0, 1.0)
-        matrix = affine(flip, zeros, (1 - flip) * centre, zeros, ones, zeros) @ matrix
-    if a.crop or a.zoom or a.rotation or a.flip:
-        transforms = tf.reshape(matrix, [n, 9])[:, :8]
-        images = tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=transforms, output_shape=[size, size], fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="CONSTANT")
-    if a.contrast:
-        factor = tf.reshape(uniform(5, 1 - a.contrast, 1 + a.contrast), [n, 1, 1, 1])
-        mean = tf.reduce_mean(images, axis=(1, 2), keepdims=True)
-        images = tf.clip_by_value((images - mean) * factor + mean, 0.0, 255.0)
-    return images
-
-
-def mixup(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """Blend each image and its one-hot label with another of the batch, weight ~ Beta(alpha, alpha).
-
-    Soft targets between classes regularise a small network trained on a few hundred photos. Stateless draws
-    keyed by the batch seed, like `augment_batch`, so a rerun reproduces them.
-    """
-    n = tf.shape(images)[0]
-    g1 = tf.random.stateless_gamma([n], seed=seed + [0, 7], alpha=alpha)
-    g2 = tf.random.stateless_gamma([n], seed=seed + [0, 8], alpha=alpha)
-    weight = g1 / (g1 + g2)
-    partner = tf.random.experimental.stateless_shuffle(tf.range(n), seed=seed + [0, 9])
-    w_images, w_labels = tf.reshape(weight, [-1, 1, 1, 1]), tf.reshape(weight, [-1, 1])
-    return (w_images * images + (1 - w_images) * tf.gather(images, partner),
-            w_labels * labels + (1 - w_labels) * tf.gather(labels, partner))
-
-
-def augment_and_mix(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, variant: Variant,
-                    num_classes: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """One training batch: uint8 images and label indices in, augmented float images and (soft) one-hot out."""
-    x = augment_batch(tf.cast(images, tf.float32), seed, variant)
-    y = tf.one_hot(labels, num_classes)
-    return mixup(x, y, seed, variant.augment.mixup) if variant.augment.mixup else (x, y)
+def batches_per_epoch(n: int, variant: Variant) -> int:
+    """Training batches per epoch: every image once, or the variant's `steps_per_epoch` cap."""
+    batches = -(-n // variant.batch_size)
+    return min(batches, variant.steps_per_epoch) if variant.steps_per_epoch else batches
 
 
 def input_pipeline(images: np.ndarray, labels: np.ndarray, variant: Variant, training: bool,
-                   num_classes: int = len(CLASSES)) -> tf.data.Dataset:
-    """(float32 images 0..255, one-hot labels) batches. Training batches are shuffled and augmented, seeded.
+                   first_epoch: int = 0) -> tf.data.Dataset:
+    """uint8 image batches and int32 label indices; no per-image work here (`augment.AugmentingTrainer` does it).
 
-    Images stay 0..255: the CNN standardises each image in its first layer, MobileNetV3 rescales by itself,
-    so the saved model takes the same input `decode_pad_resize` produces.
+    Training: one stream of epochs `first_epoch`..`variant.epochs - 1`, each a permutation keyed to (seed,
+    epoch) cut into `batches_per_epoch` batches -- so a run resumed at epoch k sees exactly the batches the
+    uninterrupted run saw from epoch k on. Fit it with `steps_per_epoch=batches_per_epoch(...)`.
+    Evaluation: the split in order.
     """
-    # No .cache(): the arrays are already in memory, and caching them copied every image once more.
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    if training:
-        ds = ds.shuffle(len(images), seed=variant.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(variant.batch_size)
-    if training:
-        # one seed per batch, different every epoch, reproducible from variant.seed
-        seeds = tf.data.Dataset.random(seed=variant.seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda xy, seed: augment_and_mix(xy[0], xy[1], seed, variant, num_classes),
-            num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    labels = labels.astype(np.int32)
+    if not training:
+        ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(variant.batch_size)
+        return ds.prefetch(tf.data.AUTOTUNE)
+    n, batches = len(labels), batches_per_epoch(len(labels), variant)
+    x, y = tf.constant(images), tf.constant(labels)  # captured by reference, not copied into the graph
+
+    def one_epoch(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([tf.constant(variant.seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(variant.batch_size).take(batches)
+
+    ds = tf.data.Dataset.range(first_epoch, variant.epochs).flat_map(one_epoch)
+    return ds.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(tf.data.AUTOTUNE)

@@ -10,7 +10,8 @@ import tensorflow as tf
 from PIL import Image
 
 from common.config import Variant
-from common.pipeline import augment_batch, decode_pad_resize, input_pipeline
+from common.augment import augment_and_mix, augment_batch
+from common.pipeline import batches_per_epoch, decode_pad_resize, input_pipeline
 
 
 def jpeg(array: np.ndarray) -> bytes:
@@ -19,9 +20,9 @@ def jpeg(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def variant(**augment) -> Variant:
+def variant(epochs: int = 3, **augment) -> Variant:
     off = {"flip": False, "rotation": 0, "zoom": 0, "crop": 0, "contrast": 0}
-    return Variant(name="v", image_size=32, batch_size=8, augment={**off, **augment})
+    return Variant(name="v", image_size=32, batch_size=8, epochs=epochs, augment={**off, **augment})
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -58,25 +59,53 @@ def test_crop_stays_inside_the_image():
     assert np.allclose(out, 100.0, atol=1e-3)  # a crop resamples inside the image: no zero fill appears
 
 
-def test_training_pipeline_reproduces_with_the_seed_and_varies_by_epoch():
+def test_training_batches_are_uint8_permutations_keyed_to_seed_and_epoch():
     rng = np.random.default_rng(2)
-    x, y = rng.integers(0, 255, (24, 32, 32, 3)).astype(np.uint8), np.arange(24) % 7
-    v = variant(flip=True, rotation=0.1, zoom=0.1, crop=0.1, contrast=0.2)
-    first = [b[0].numpy() for b in input_pipeline(x, y, v, training=True)]
-    second = [b[0].numpy() for b in input_pipeline(x, y, v, training=True)]
-    assert all(np.array_equal(a, b) for a, b in zip(first, second))
-    ds = input_pipeline(x, y, v, training=True)
-    epoch1, epoch2 = [b[0].numpy() for b in ds], [b[0].numpy() for b in ds]
-    assert not np.array_equal(epoch1[0], epoch2[0])
+    x, y = rng.integers(0, 255, (20, 32, 32, 3)).astype(np.uint8), np.arange(20) % 7
+    v = variant(epochs=3)
+    steps = batches_per_epoch(20, v)
+    batches = list(input_pipeline(x, y, v, training=True))
+    assert steps == 3 and len(batches) == 3 * steps  # one stream of every epoch, epoch after epoch
+    assert all(b[0].dtype == tf.uint8 and b[1].dtype == tf.int32 for b in batches)  # no per-image work in tf.data
+    epochs = [np.concatenate([b[0].numpy() for b in batches[e * steps:(e + 1) * steps]]) for e in range(3)]
+    for images in epochs:  # each epoch shows every image once
+        assert sorted(map(bytes, images)) == sorted(map(bytes, x))
+    assert not np.array_equal(epochs[0], epochs[1])
+    again = list(input_pipeline(x, y, v, training=True))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(batches, again))
+    resumed = list(input_pipeline(x, y, v, training=True, first_epoch=2))  # a resume sees the same batches
+    assert len(resumed) == steps and all(np.array_equal(a[0], b[0]) for a, b in zip(batches[2 * steps:], resumed))
     plain = next(iter(input_pipeline(x, y, v, training=False)))
-    assert np.array_equal(plain[0].numpy(), x[:8].astype(np.float32))  # evaluation is never augmented
+    assert np.array_equal(plain[0].numpy(), x[:8])  # evaluation is never shuffled
 
 
 def test_mixup_gives_soft_labels_of_at_most_two_classes():
     rng = np.random.default_rng(3)
     x, y = rng.integers(0, 255, (32, 32, 32, 3)).astype(np.uint8), np.arange(32) % 7
-    soft = np.concatenate([b[1].numpy() for b in input_pipeline(x, y, variant(mixup=0.4), training=True)])
+    seed = tf.constant([5, 9], tf.int64)
+    soft = augment_and_mix(x, y, seed, variant(mixup=0.4), 7)[1].numpy()
     assert np.allclose(soft.sum(axis=1), 1.0, atol=1e-5)
     assert ((soft > 1e-6).sum(axis=1) <= 2).all() and (soft.max(axis=1) < 0.999).any()
-    hard = np.concatenate([b[1].numpy() for b in input_pipeline(x, y, variant(), training=True)])
+    hard = augment_and_mix(x, y, seed, variant(), 7)[1].numpy()
     assert set(np.unique(hard)) == {0.0, 1.0}
+
+
+def test_trainer_augments_only_in_training_and_saves_the_plain_net(tmp_path):
+    """The step sees augmented images; predict and the saved model see decode_pad_resize output as is."""
+    import keras
+
+    from common.augment import AugmentingTrainer
+    from common.models import build_cnn, compile_model
+
+    v = variant(epochs=1, flip=True, rotation=0.1, contrast=0.2, mixup=0.2).model_copy(
+        update={"filters": [4, 4, 4], "dense_units": 4})
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 255, (16, 32, 32, 3)).astype(np.uint8), np.arange(16) % 7
+    trainer = compile_model(AugmentingTrainer(build_cnn(v, 7), v, 7), v)
+    trainer.fit(input_pipeline(x, y, v, True), steps_per_epoch=batches_per_epoch(16, v), verbose=0)
+    assert int(trainer.optimizer.iterations) == 2
+    trainer.net.save(tmp_path / "model.keras")
+    saved = keras.models.load_model(tmp_path / "model.keras")
+    assert saved.input_shape == (None, 32, 32, 3) and not isinstance(saved, AugmentingTrainer)
+    expected = trainer.predict(input_pipeline(x, y, v, False), verbose=0)
+    assert np.allclose(saved.predict(x.astype(np.float32), verbose=0), expected, atol=1e-6)
