@@ -64,6 +64,10 @@ class Variant(Strict):
     class_weights: bool = False  # weight the loss by inverse class frequency
     seed: int = 1337
     augment: Augment = Augment()
+    # speed: auto = mixed_bfloat16 on a GPU of compute capability >= 8 or a CPU with AMX/AVX512-BF16,
+    # mixed_float16 on older GPUs, float32 elsewhere (common/models.py: resolve_precision)
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+    jit_compile: bool = False  # XLA: slower on CPU for these models (bench/RESULTS.md)
     # cnn
     conv_layers: int = Field(3, ge=3, le=8)
     filters: list[int] = [32, 64, 128]

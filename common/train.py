@@ -255,6 +255,7 @@ def build_net(store: Store, variant: Variant, num_classes: int, workdir: Path) -
 def build_model(store: Store, variant: Variant, num_classes: int, workdir: Path) -> AugmentingTrainer:
     """The compiled trainer around the net: augmentation and mixup run inside its training step."""
     net = build_net(store, variant, num_classes, workdir)
+    log.info("%s: precision %s, jit_compile %s", variant.name, net.dtype_policy.name, variant.jit_compile)
     return compile_model(AugmentingTrainer(net, variant, num_classes), variant)
 
 
