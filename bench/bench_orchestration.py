@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import yaml  # noqa: E402
 
-from common.config import load_sweep  # noqa: E402
+from common.config import load_sweep, resolve  # noqa: E402
 from common.executor import gpu_ids, run_sweep  # noqa: E402
 from common.store import join, open_store  # noqa: E402
 
@@ -59,10 +59,10 @@ def measure(zip_path: Path, epochs: int | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
         tmp = Path(tmp)
         config = spec(tmp, epochs)
-        sweep = load_sweep(config)
         store_uri = f"file://{tmp}/store"
+        sweep = resolve(load_sweep(config), store=store_uri, source=str(zip_path))
         out = io.StringIO()
-        run = run_sweep(sweep, str(config), store_uri, str(zip_path), out=out)
+        run = run_sweep(sweep, str(config), out=out)
         if run.exit_code:
             raise SystemExit(f"sweep failed (exit {run.exit_code}):\n{out.getvalue()}")
         store = open_store(store_uri)

@@ -50,7 +50,7 @@ def wrapper_epochs(store, sweep, variant, data, workdir) -> list[float]:
     reduce = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=variant.lr_factor,
                                                patience=variant.lr_patience)
     reporter = Reporter(store, prefix, variant, workdir)
-    checkpoint = StoreCheckpoint(store, prefix, workdir, reporter, variant.config_hash, early, reduce, None, [])
+    checkpoint = StoreCheckpoint(reporter, early, reduce)
     timer = EpochTimer()
     # the timer goes last so each epoch's time includes the checkpoint callback's share
     fit(model, data, variant, [early, reduce, checkpoint, timer], initial_epoch=0)

@@ -3,6 +3,9 @@
 Every variant is `defaults` deep-merged with the variant's own keys, then validated strictly (unknown keys and
 wrong types are errors, named with their place in the file). The resolved variant is hashed; the hash goes into
 every artefact the variant writes, so a changed config is never mistaken for a finished one.
+
+Command-line overrides are applied once, at the edge: `jobs/` calls `resolve(load_sweep(path), store=...)`,
+which validates the result again, and the library reads only `sweep.*` from then on.
 """
 
 from __future__ import annotations
@@ -12,15 +15,27 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.errors import BadInput
+from common.store import s3_endpoint
 
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 CLASSES = ("fish", "jellyfish", "penguin", "puffin", "shark", "starfish", "stingray")
+
+
+def k8s_name(limit: int) -> AfterValidator:
+    """A name that becomes part of Kubernetes object names: DNS-label characters, at most `limit` of them."""
+    def check(v: str) -> str:
+        if not K8S_NAME.match(v) or len(v) > limit:
+            raise ValueError(f"{v!r} is not a valid Kubernetes name: use lowercase letters, digits and '-', "
+                             f"at most {limit}")
+        return v
+
+    return AfterValidator(check)
 
 
 class Strict(BaseModel):
@@ -49,7 +64,7 @@ class Resources(Strict):
 class Variant(Strict):
     """One model to train: a from-scratch CNN (`cnn`) or a MobileNetV3Large fine-tune (`finetune`)."""
 
-    name: str
+    name: Annotated[str, k8s_name(40)]
     kind: Literal["cnn", "finetune"] = "cnn"
     image_size: int = Field(64, ge=32, le=1024)
     epochs: int = Field(60, ge=1)
@@ -82,13 +97,6 @@ class Variant(Strict):
     weights: str = "imagenet"  # imagenet | none | a .weights.h5 path | s3://bucket/key
     trainable_layers: int = Field(20, ge=0)
     resources: Resources = Resources()
-
-    @field_validator("name")
-    @classmethod
-    def _k8s_name(cls, v):
-        if not K8S_NAME.match(v) or len(v) > 40:
-            raise ValueError(f"{v!r} is not a valid Kubernetes name: use lowercase letters, digits and '-', at most 40")
-        return v
 
     @field_validator("filters", mode="before")
     @classmethod
@@ -150,21 +158,14 @@ class Kubernetes(Strict):
 
 
 class Sweep(Strict):
-    name: str
+    name: Annotated[str, k8s_name(20)]
     dataset: Dataset
     store: str = "file://./store"
-    endpoint: str | None = None  # S3 endpoint (MinIO); AWS_ENDPOINT_URL wins when set
+    endpoint: str | None = None  # S3 endpoint (MinIO); after `resolve`: the one in force (see store.s3_endpoint)
     max_parallel: int | None = Field(None, ge=1)
     defaults: dict = {}
     variants: list[Variant]
     kubernetes: Kubernetes = Kubernetes()
-
-    @field_validator("name")
-    @classmethod
-    def _k8s_name(cls, v):
-        if not K8S_NAME.match(v) or len(v) > 20:
-            raise ValueError(f"{v!r} is not a valid Kubernetes name: use lowercase letters, digits and '-', at most 20")
-        return v
 
     @field_validator("variants")
     @classmethod
@@ -270,3 +271,26 @@ def load_sweep(path: str | Path) -> Sweep:
         where = f" line {mark.line + 1}" if mark else ""
         raise BadInput(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
     return parse_sweep(raw, str(path))
+
+
+def only_given(**options) -> dict:
+    """The options the command line actually set (None: not given; '' and False are real values)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def resolve(sweep: Sweep, *, store: str | None = None, endpoint: str | None = None, source: str | None = None,
+            sha256: str | None = None, synthesize: bool | None = None, prefix: str | None = None,
+            image: str | None = None, namespace: str | None = None) -> Sweep:
+    """The sweep with the command line's overrides applied (None: not given) and the S3 endpoint decided
+    (`store.s3_endpoint`), validated again -- pydantic's model_copy(update=...) would skip validation.
+
+    The one place where a command-line value meets the spec; afterwards the library reads `sweep.store`,
+    `sweep.endpoint`, `sweep.dataset.*` and `sweep.kubernetes.image/namespace` only."""
+    data = sweep.model_dump()
+    data.update(only_given(store=store), endpoint=s3_endpoint(endpoint, sweep.endpoint))
+    data["dataset"].update(only_given(source=source, sha256=sha256, synthesize=synthesize, prefix=prefix))
+    data["kubernetes"].update(only_given(image=image, namespace=namespace))
+    try:
+        return Sweep.model_validate(data)
+    except ValidationError as err:
+        raise BadInput(_one_line(err, data, "command line")) from None

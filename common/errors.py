@@ -5,7 +5,9 @@ contract with `k8s/` (the variant Job's podFailurePolicy maps EXIT_BAD_INPUT to 
 """
 
 EXIT_OK = 0
+EXIT_FAILED = 1  # a step of the sweep failed (`sweep run` without its own code, `sweep submit`)
 EXIT_BAD_INPUT = 2  # bad configuration or data: retrying cannot help
+EXIT_STILL_RUNNING = 3  # `sweep submit --no-watch`: submitted, the sweep is still running (not an error)
 EXIT_TRANSIENT = 75  # infrastructure trouble (store unreachable, download failed): retry may help (EX_TEMPFAIL)
 EXIT_INTERRUPTED = 143  # SIGTERM: pod evicted or preempted; rerun resumes from the last checkpoint
 

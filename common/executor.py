@@ -16,13 +16,16 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
 from common.config import Sweep
-from common.errors import EXIT_INTERRUPTED, BadInput
+from common.data.source import resolve_local
+from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BadInput
+from common.status import NUMBERS, is_finished, status_rows
 from common.store import FileStore, Store, join, open_store
+from common.table import Screen, render
 
 TERM_GRACE_S = 120  # a variant needs a moment after SIGTERM to checkpoint its last epoch
 
@@ -107,74 +110,6 @@ def log_dir(store: Store, sweep: Sweep) -> Path:
     return Path("logs").resolve() / sweep.name
 
 
-# ---------------------------------------------------------------- the status table (store only)
-
-def _time(value) -> datetime | None:
-    if not value:
-        return None
-    try:
-        t = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
-
-
-def _elapsed(status: dict) -> str:
-    start = _time(status.get("started_at"))
-    if start is None:
-        return ""
-    running = status.get("phase") in ("running", "evaluating")
-    end = datetime.now(timezone.utc) if running else (_time(status.get("finished_at"))
-                                                       or _time(status.get("updated_at")) or start)
-    seconds = max(0, int((end - start).total_seconds()))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _fmt(x) -> str:
-    return f"{x:.3f}" if isinstance(x, (int, float)) and not isinstance(x, bool) else ""
-
-
-def read_status(store: Store, sweep: Sweep, name: str) -> dict:
-    """status.json of a variant plus `finished` (yes / stale / no) from its `_SUCCESS`."""
-    prefix = sweep.variant_prefix(name)
-    try:
-        status = store.get_json(join(prefix, "status.json"))
-    except (KeyError, ValueError):
-        status = {}
-    done = store.is_complete(prefix)
-    want = sweep.variant(name).config_hash
-    status["finished"] = "no" if done is None else ("yes" if done.get("config_hash") == want else "stale")
-    if status.get("config_hash") not in (None, want):
-        status["phase"] = f"{status.get('phase')} (old config)"
-    return status
-
-
-def status_rows(store: Store, sweep: Sweep, launched: dict[str, "Step"] | None = None) -> list[dict]:
-    """One row per variant for the progress table, from the store (and the executor's view when it runs)."""
-    rows = []
-    for v in sweep.variants:
-        s = read_status(store, sweep, v.name)
-        row = {"variant": v.name, "phase": s.get("phase") or "pending",
-               "epoch": f"{s.get('epoch') or 0}/{s.get('epochs') or v.epochs}",
-               "val acc": _fmt(s.get("val_accuracy")), "best val": _fmt(s.get("best_val_accuracy")),
-               "elapsed": _elapsed(s), "done": s["finished"]}
-        if launched is not None:
-            step = launched[v.name]
-            row = {"variant": v.name, "process": step.describe(), **{k: x for k, x in row.items() if k != "variant"}}
-        rows.append(row)
-    return rows
-
-
-def format_rows(rows: list[dict]) -> str:
-    """An aligned text table, no dependencies: the same for `sweep status`, the live view and logs."""
-    if not rows:
-        return ""
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    line = lambda r: "  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip()  # noqa: E731
-    return "\n".join([line({c: c for c in cols})] + [line(r) for r in rows])
-
-
 # ---------------------------------------------------------------- running
 
 @dataclass
@@ -231,21 +166,31 @@ class Terminated(Exception):
     """SIGTERM reached the executor: children get SIGTERM too and save their progress."""
 
 
+def local_source(sweep: Sweep, config_path: str) -> str:
+    """The dataset source for prepare's argv: a local zip as an absolute path (found beside the spec when it
+    is relative), so a docker container can mount it at the same place; any other source unchanged."""
+    path = resolve_local(sweep.dataset.source, Path(config_path).resolve().parent)
+    return str(path.resolve()) if path is not None and path.is_file() else sweep.dataset.source
+
+
 class Executor:
-    def __init__(self, sweep: Sweep, config_path: str, store: Store, source: str | None, kind: str,
-                 parallel: int, image: str | None, out: TextIO, gpus: list[str], cpus: int, interval: float = 2.0):
+    """Runs one resolved sweep (`config.resolve`): its store, source, image and endpoint are the sweep's."""
+
+    def __init__(self, sweep: Sweep, config_path: str, kind: str = "local", parallel: int | None = None,
+                 out: TextIO | None = None, interval: float = 2.0):
         if kind not in ("local", "docker"):
             raise BadInput(f"--executor {kind!r}: use local or docker")
         if kind == "docker" and not shutil.which("docker"):
             raise BadInput("--executor docker needs the docker CLI on PATH: install Docker or use --executor local")
-        self.sweep, self.store, self.kind, self.parallel = sweep, store, kind, parallel
+        self.sweep, self.kind, self.interval = sweep, kind, interval
+        self.store = open_store(sweep.store, sweep.endpoint)
         self.config_path = str(Path(config_path).resolve())
-        self.source = str(Path(source).resolve()) if source and Path(source).is_file() else source
-        self.image = image or sweep.kubernetes.image
-        self.out, self.gpus, self.cpus, self.interval = out, gpus, cpus, interval
-        self.logs = log_dir(store, sweep)
-        self.tty = hasattr(out, "isatty") and out.isatty()
-        self.drawn_lines, self.last_draw, self.last_rows = 0, 0.0, {}
+        self.source = local_source(sweep, config_path)
+        self.gpus, self.cpus = gpu_ids(), cpu_count()
+        self.parallel = parallel or default_parallel(sweep, len(self.gpus), self.cpus)
+        self.screen = Screen(out or sys.stdout)
+        self.logs = log_dir(self.store, sweep)
+        self.last_draw, self.last_rows = 0.0, {}
 
     def step(self, job: str, variant: str | None) -> Step:
         argv = job_argv(self.sweep, job, self.config_path, variant, self.store.uri, self.source)
@@ -261,8 +206,8 @@ class Executor:
             extra["TF_NUM_INTRAOP_THREADS"] = str(max(1, self.cpus // self.parallel))
         if self.kind == "docker":
             threads = {k: v for k, v in extra.items() if k != "CUDA_VISIBLE_DEVICES"}
-            return docker_argv(self.image, step.argv, self.store.uri, self.config_path, self.source,
-                               gpu=gpu, extra_env=threads), dict(os.environ)
+            return docker_argv(self.sweep.kubernetes.image, step.argv, self.store.uri, self.config_path,
+                               self.source, gpu=gpu, extra_env=threads), dict(os.environ)
         return local_argv(step.argv), {**os.environ, **extra}
 
     def start(self, step: Step, slot: int | None = None) -> None:
@@ -286,8 +231,7 @@ class Executor:
         return True
 
     def say(self, text: str) -> None:
-        self.erase()
-        print(text, file=self.out, flush=True)
+        self.screen.say(text)
 
     def run_blocking(self, step: Step) -> Step:
         self.say(f"{step.name}: starting (log {step.log})")
@@ -298,20 +242,21 @@ class Executor:
                  f"(exit {step.returncode})" + ("" if step.state == "ok" else f"; see {step.log}"))
         return step
 
-    def finished(self, name: str) -> bool:
-        done = self.store.is_complete(self.sweep.variant_prefix(name))
-        return done is not None and done.get("config_hash") == self.sweep.variant(name).config_hash
-
-    def run_variants(self, variants: list[Step]) -> None:
-        """Up to `parallel` at a time; a failing variant frees its slot and the others go on."""
+    def queue(self, variants: list[Step]) -> list[Step]:
+        """The variants that still need to run; finished ones (common.status) are marked skipped."""
         queue = []
         for s in variants:
-            if self.finished(s.variant):
+            if is_finished(self.store, self.sweep, s.variant):
                 s.state = "skipped"
                 self.say(f"{s.variant}: skipped (already finished with config "
                          f"{self.sweep.variant(s.variant).config_hash})")
             else:
                 queue.append(s)
+        return queue
+
+    def run_variants(self, variants: list[Step]) -> None:
+        """Up to `parallel` at a time; a failing variant frees its slot and the others go on."""
+        queue = self.queue(variants)
         running: list[Step] = []
         while queue or running:
             for s in [s for s in running if self.reap(s)]:
@@ -328,32 +273,25 @@ class Executor:
             time.sleep(0.25)
         self.progress(variants, force=True)
 
+    def rows(self, variants: list[Step]) -> list[dict]:
+        return status_rows(self.store, self.sweep, {s.variant: s.describe() for s in variants})
+
     def progress(self, variants: list[Step], force: bool = False) -> None:
-        """TTY: redraw the table every `interval` s. Otherwise: one line per variant whose state changed."""
+        """Terminal: redraw the table every `interval` s. Otherwise: one line per variant whose state changed."""
         now = time.monotonic()
         if not force and now - self.last_draw < self.interval:
             return
         self.last_draw = now
-        rows = status_rows(self.store, self.sweep, {s.variant: s for s in variants})
-        if self.tty:
-            self.erase()
-            table = format_rows(rows)
-            print(table, file=self.out, flush=True)
-            self.drawn_lines = table.count("\n") + 1
+        rows = self.rows(variants)
+        if self.screen.tty:
+            self.screen.draw(rows, NUMBERS)
             return
         for r in rows:
             key = (r["phase"], r["epoch"], r["process"].split(" ")[0], r["done"])
             if self.last_rows.get(r["variant"]) != key:
                 self.last_rows[r["variant"]] = key
-                print(f"{time.strftime('%H:%M:%S')} {r['variant']}: {r['process']}, phase {r['phase']}, epoch "
-                      f"{r['epoch']}, val acc {r['val acc'] or '-'}, best val {r['best val'] or '-'}",
-                      file=self.out, flush=True)
-
-    def erase(self) -> None:
-        """Remove the last drawn table (TTY only) so messages and the next table do not pile up."""
-        if self.tty and self.drawn_lines:
-            self.out.write(f"\x1b[{self.drawn_lines}F\x1b[J")
-            self.drawn_lines = 0
+                self.say(f"{time.strftime('%H:%M:%S')} {r['variant']}: {r['process']}, phase {r['phase']}, epoch "
+                         f"{r['epoch']}, val acc {r['val acc'] or '-'}, best val {r['best val'] or '-'}")
 
     def stop(self, all_steps: list[Step]) -> None:
         """SIGTERM to every running child (they checkpoint and exit 143), SIGKILL after a grace period."""
@@ -372,7 +310,7 @@ class Executor:
             self.reap(s)
 
     def summary(self, prepare: Step, variants: list[Step], aggregate: Step | None) -> None:
-        self.say(format_rows(status_rows(self.store, self.sweep, {s.variant: s for s in variants})))
+        self.say(render(self.rows(variants), NUMBERS))
         failed = [s for s in variants if s.state == "failed"]
         skipped = [s.variant for s in variants if s.state == "skipped"]
         if skipped:
@@ -399,11 +337,12 @@ class Executor:
                  f"{self.kind} executor, store {self.store.uri}")
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            if self.run_blocking(prepare).state == "ok":
-                self.run_variants(variants)
-                aggregate = self.step("aggregate", None)
-                all_steps.append(aggregate)
-                self.run_blocking(aggregate)
+            with self.screen:
+                if self.run_blocking(prepare).state == "ok":
+                    self.run_variants(variants)
+                    aggregate = self.step("aggregate", None)
+                    all_steps.append(aggregate)
+                    self.run_blocking(aggregate)
         except (KeyboardInterrupt, Terminated):
             self.say("interrupted: stopping the running jobs (they save a checkpoint; rerun to resume)")
             self.stop(all_steps)
@@ -411,22 +350,24 @@ class Executor:
         finally:
             signal.signal(signal.SIGTERM, previous)
         self.summary(prepare, variants, aggregate)
-        failed = prepare.state == "failed" or aggregate is None or aggregate.state == "failed"
-        code = (prepare.returncode if prepare.state == "failed" else aggregate.returncode) if failed else 0
-        return SweepRun(all_steps, time.monotonic() - t0, code or (1 if failed else 0), self.parallel)
+        return SweepRun(all_steps, time.monotonic() - t0, exit_code(prepare, aggregate), self.parallel)
+
+
+def exit_code(prepare: Step, aggregate: Step | None) -> int:
+    """prepare's code when it failed, else aggregate's; 0 only when aggregate succeeded."""
+    if prepare.state == "failed":
+        return prepare.returncode or EXIT_FAILED
+    if aggregate is None or aggregate.state == "failed":
+        return (aggregate.returncode if aggregate else None) or EXIT_FAILED
+    return EXIT_OK
 
 
 def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-def run_sweep(sweep: Sweep, config_path: str, store_uri: str | None = None, source: str | None = None,
-              kind: str = "local", max_parallel: int | None = None, image: str | None = None,
+def run_sweep(sweep: Sweep, config_path: str, kind: str = "local", max_parallel: int | None = None,
               out: TextIO | None = None, interval: float = 2.0) -> SweepRun:
-    """prepare -> variants (in parallel) -> aggregate on this machine, everything through the store."""
-    store = open_store(store_uri or sweep.store, sweep.endpoint)
-    gpus, cpus = gpu_ids(), cpu_count()
-    parallel = max_parallel or default_parallel(sweep, len(gpus), cpus)
-    executor = Executor(sweep, config_path, store, source, kind, parallel, image, out or sys.stdout, gpus, cpus,
-                        interval)
-    return executor.run()
+    """prepare -> variants (in parallel) -> aggregate on this machine, everything through the resolved sweep's
+    store (`config.resolve` applied the command line's --store, --source and --image)."""
+    return Executor(sweep, config_path, kind, max_parallel, out, interval).run()

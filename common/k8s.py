@@ -480,15 +480,13 @@ class Submitter:
         """Variants whose store prefix has `_SUCCESS` with the spec's config hash: not submitted again."""
         if self.skipped is not None:
             return self.skipped
+        from common import status
         from common.store import open_store
 
         done = set()
         try:
             store = self._store or open_store(self.store_uri, os.environ.get("AWS_ENDPOINT_URL") or self.endpoint)
-            for v in self.sweep.variants:
-                record = store.is_complete(self.sweep.variant_prefix(v.name))
-                if record and record.get("config_hash") == v.config_hash:
-                    done.add(v.name)
+            done = {v.name for v in self.sweep.variants if status.is_finished(store, self.sweep, v)}
         except (AquariumError, OSError) as e:
             self.echo(f"note: cannot read the store {self.store_uri} from here ({e}); finished variants will "
                       "skip themselves in their pods")

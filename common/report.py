@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common import status, table
 from common.config import Sweep, Variant
 from common.errors import EXIT_BAD_INPUT, AquariumError
+from common.status import FINISHED, read_json
 from common.store import Store, join
 
 CHOSEN_BY = "highest validation accuracy; ties broken by lower validation loss, then variant name (test never used)"
@@ -34,7 +36,7 @@ HEADINGS = {
     "test_accuracy": "test acc", "test_precision": "precision", "test_recall": "recall (sensitivity)",
     "test_specificity": "specificity", "test_f1": "F1", "state": "state", "error": "error",
 }
-FINISHED = "succeeded"
+TEXT_COLUMNS = ("variant", "kind", "layers", "state", "error")  # left-aligned in the terminal; numbers go right
 
 
 class NoFinishedVariants(AquariumError):
@@ -49,7 +51,7 @@ class VariantResult:
     """What the store says about one variant of the spec."""
 
     variant: Variant
-    state: str  # succeeded | stale | failed | interrupted | running | pending | incomplete | missing
+    state: str  # common.status's states
     error: str = ""
     status: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
@@ -92,15 +94,6 @@ def _num(x) -> float:
         return math.nan
 
 
-def _get_json(store: Store, key: str) -> dict:
-    try:
-        return store.get_json(key)
-    except KeyError:
-        return {}
-    except ValueError as e:  # half-written or hand-edited JSON: report it, do not crash the whole report
-        return {"_unreadable": f"{store.url(key)} is not valid JSON ({e})"}
-
-
 def _history(store: Store, key: str) -> pd.DataFrame | None:
     try:
         return pd.read_csv(io.BytesIO(store.get_bytes(key)))
@@ -109,34 +102,19 @@ def _history(store: Store, key: str) -> pd.DataFrame | None:
 
 
 def read_variant(store: Store, sweep: Sweep, variant: Variant) -> VariantResult:
-    """The state of one variant from its artefacts. Only `_SUCCESS` with the spec's current config hash and a
-    readable metrics.json counts as finished; a `_SUCCESS` from an older config is `stale`."""
+    """One variant: its state (common.status decides finished / stale / failed / running) and, when finished,
+    its metrics -- a finished variant whose metrics.json is missing or unreadable counts as failed."""
     prefix = sweep.variant_prefix(variant.name)
-    status = _get_json(store, join(prefix, "status.json"))
-    success = store.is_complete(prefix)
-    result = VariantResult(variant, "missing", status=status, config=_get_json(store, join(prefix, "config.json")))
-    if success is not None and success.get("config_hash") != variant.config_hash:
-        result.state = "stale"
-        result.error = (f"finished with config {success.get('config_hash')}, the spec now has {variant.config_hash}:"
-                        " rerun the variant")
-    elif success is not None:
-        result.metrics = _get_json(store, join(prefix, "metrics.json"))
+    seen = status.read(store, sweep, variant)
+    result = VariantResult(variant, seen.state, seen.error, seen.status, read_json(store, join(prefix, "config.json")))
+    if seen.state not in ("stale", "missing"):
         result.history = _history(store, join(prefix, "history.csv"))
+    if seen.finished:
+        result.metrics = read_json(store, join(prefix, "metrics.json"))
         if not result.metrics or "_unreadable" in result.metrics:
             result.state = "failed"
             result.error = result.metrics.get("_unreadable") or f"{store.url(join(prefix, 'metrics.json'))} is missing"
             result.metrics = {}
-        else:
-            result.state = FINISHED
-    elif status:
-        phase = str(status.get("phase") or "pending")
-        result.state = "incomplete" if phase == FINISHED else phase  # succeeded but _SUCCESS never written
-        result.error = str(status.get("error") or status.get("_unreadable") or "")
-        if result.state == "incomplete" and not result.error:
-            result.error = "status says succeeded but _SUCCESS is missing: rerun the variant"
-        result.history = _history(store, join(prefix, "history.csv"))
-    else:
-        result.error = "no artefacts in the store: the variant never started"
     return result
 
 
@@ -194,16 +172,11 @@ def columns(df: pd.DataFrame) -> list[str]:
 
 def format_table(df: pd.DataFrame) -> str:
     """The leaderboard for a terminal: numbers right-aligned with 3 decimals, text left, blanks for missing
-    values, long errors cut; the error column only when some variant has one."""
+    values, long errors cut; the error column only when some variant has an error."""
     cols = columns(df)
-    rows = [[HEADINGS[c] for c in cols]]
-    for row in df.to_dict("records"):
-        cells = [_cell(c, row[c]) for c in cols]
-        rows.append([x[:77] + "..." if len(x) > 80 else x for x in cells])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
-    text = {"variant", "kind", "layers", "state", "error"}
-    return "\n".join("  ".join(x.ljust(w) if c in text else x.rjust(w) for c, x, w in zip(cols, r, widths)).rstrip()
-                     for r in rows)
+    rows = [{HEADINGS[c]: _cell(c, row[c]) for c in cols} for row in df.to_dict("records")]
+    right = [HEADINGS[c] for c in cols if c not in TEXT_COLUMNS]
+    return table.render(rows, right, max_width={HEADINGS["error"]: 80})
 
 
 # ---------------------------------------------------------------- pictures (matplotlib, Agg, no pyplot state)

@@ -1,8 +1,9 @@
 """The object store: the only way pods exchange artefacts.
 
 Two back ends behind one small interface:
-  s3://bucket/prefix  boto3 (MinIO locally, S3 in the cloud). Endpoint from AWS_ENDPOINT_URL (boto3 reads it
-                      itself) or the `endpoint` argument; credentials from the standard AWS chain only.
+  s3://bucket/prefix  boto3 (MinIO locally, S3 in the cloud). The endpoint is decided once, by `s3_endpoint`
+                      (--endpoint, then AWS_ENDPOINT_URL, then the spec's `endpoint:`); credentials come from
+                      the standard AWS chain only.
                       Transfers use boto3's managed (multipart, threaded) transfer manager; retries use
                       botocore's `standard` retry mode -- no hand-written loops.
   file:///dir         a local folder, the embedded default for one machine. A bare path works too.
@@ -19,21 +20,50 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from common.errors import BadInput, TransientError
 
 SUCCESS = "_SUCCESS"
 
 
+def s3_endpoint(cli: str | None = None, spec: str | None = None, env=None) -> str | None:
+    """The S3 endpoint, in the AWS SDKs' order: `--endpoint` on the command line, then the environment
+    (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL), then the spec's `endpoint:`; None means AWS itself.
+
+    The one place this precedence is written down: `config.resolve` applies it once at the command line's edge
+    and everything after reads `sweep.endpoint`. The environment beats the spec so that one spec serves both a
+    laptop (port-forwarded MinIO) and a cluster, as with every AWS tool."""
+    env = os.environ if env is None else env
+    for value in (cli, env.get("AWS_ENDPOINT_URL_S3"), env.get("AWS_ENDPOINT_URL"), spec):
+        if value:
+            return value
+    return None
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/key` -> ("bucket", "some/key"); either part may be empty (callers say what is missing)."""
+    bucket, _, key = str(uri).removeprefix("s3://").partition("/")
+    return bucket, key.strip("/")
+
+
+def fetch_object(uri: str, folder: Path, endpoint: str | None = None) -> Path:
+    """Download the single object `s3://bucket/key` into folder under its own name; KeyError when it is missing."""
+    bucket, key = split_s3(uri)
+    dest = Path(folder) / (PurePosixPath(key).name or "object")
+    open_store(f"s3://{bucket}", endpoint).download(key, dest)
+    return dest
+
+
 def open_store(uri: str, endpoint: str | None = None) -> "Store":
-    """Open `s3://bucket/prefix`, `file:///dir` or a plain directory path."""
+    """Open `s3://bucket/prefix`, `file:///dir` or a plain directory path. `endpoint`: an already resolved
+    `sweep.endpoint`; without one, boto3 reads AWS_ENDPOINT_URL itself."""
     uri = str(uri)
     if uri.startswith("s3://"):
-        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        bucket, prefix = split_s3(uri)
         if not bucket:
             raise BadInput(f"store URI {uri!r} has no bucket: use s3://BUCKET/PREFIX")
-        return S3Store(bucket, prefix.strip("/"), endpoint)
+        return S3Store(bucket, prefix, endpoint)
     if uri.startswith("file://"):
         return FileStore(uri[len("file://"):])
     if "://" in uri:
@@ -50,6 +80,7 @@ class Store:
     """What every job needs from storage. Subclasses implement the byte and file primitives."""
 
     uri: str
+    endpoint: str | None = None  # the S3 endpoint it talks to (other objects of the same service use it too)
 
     def put_bytes(self, key: str, data: bytes) -> None: raise NotImplementedError
     def get_bytes(self, key: str) -> bytes: raise NotImplementedError  # KeyError if missing
@@ -166,9 +197,9 @@ class S3Store(Store):
 
         self.bucket, self.prefix = bucket, prefix
         self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
-        endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        self.endpoint = endpoint if endpoint else s3_endpoint()
         config = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=120)
-        self.client = boto3.client("s3", endpoint_url=endpoint or None, config=config)
+        self.client = boto3.client("s3", endpoint_url=self.endpoint, config=config)
         self.transfer = TransferConfig(multipart_threshold=32 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
 
     def _key(self, key: str) -> str:

@@ -12,6 +12,7 @@ Checkpoint uploads run on a background thread in order, so the next epoch trains
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import csv
 import io
 import logging
@@ -29,16 +30,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common.augment import AugmentingTrainer
 from common.config import Sweep, Variant
+from common.data import SPLITS
 from common.errors import AquariumError, BadInput, Interrupted, TransientError
 from common.metrics import classification_metrics, cross_entropy
-from common.augment import AugmentingTrainer
 from common.models import build_cnn, build_finetune, compile_model
 from common.pipeline import batches_per_epoch, input_pipeline, tensors_from_bytes
-from common.store import Store, join, open_store
+from common.status import is_current, marker, stale_reason
+from common.store import Store, fetch_object, join
 
 log = logging.getLogger("aquarium.train")
-SPLITS = ("train", "valid", "test")
 
 
 def now() -> str:
@@ -92,14 +94,15 @@ class Reporter:
     """status.json and job.log of one variant in the store, kept current for `sweep status` and post-mortems."""
 
     def __init__(self, store: Store, prefix: str, variant: Variant, workdir: Path):
-        self.store, self.prefix = store, prefix
+        self.store, self.prefix, self.variant, self.workdir = store, prefix, variant, workdir
         self.log_path = workdir / "job.log"
         self.handler = logging.FileHandler(self.log_path)
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logging.getLogger("aquarium").addHandler(self.handler)
         self.status = {"phase": "running", "epoch": 0, "epochs": variant.epochs, "best_val_accuracy": None,
-                       "val_accuracy": None, "config_hash": variant.config_hash, "started_at": now(),
+                       "val_accuracy": None, **marker(variant), "started_at": now(),
                        "finished_at": None, "error": None, "exit_code": None}
+        self.checkpoint: StoreCheckpoint | None = None  # its queued uploads are finished even on failure
 
     def update(self, **changes) -> None:
         self.status.update(changes, updated_at=now())
@@ -108,10 +111,42 @@ class Reporter:
     def upload_log(self) -> None:
         self.store.upload(join(self.prefix, "job.log"), self.log_path)
 
+    def failed(self, e: BaseException) -> None:
+        """Record a failure in the store: the last epoch's upload, then status.json (phase failed or interrupted,
+        error, exit code) and job.log. Never raises: the store itself may be what failed."""
+        code = e.exit_code if isinstance(e, AquariumError) else (130 if isinstance(e, KeyboardInterrupt) else 1)
+        phase = "interrupted" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "failed"
+        log.error("%s: %s: %s", self.variant.name, phase, e)
+        try:
+            if self.checkpoint is not None:
+                self.checkpoint.flush()
+            self.update(phase=phase, error=f"{type(e).__name__}: {e}", exit_code=code, finished_at=now())
+            self.upload_log()
+        except Exception as upload_error:
+            log.error("could not record the failure in the store: %s", upload_error)
+
     def close(self) -> None:
         """Detach the log file, so a second variant in the same process does not write into this one's log."""
         logging.getLogger("aquarium").removeHandler(self.handler)
         self.handler.close()
+
+
+@contextlib.contextmanager
+def recorded_run(store: Store, prefix: str, variant: Variant):
+    """The bookkeeping around one training run: a work folder, the Reporter (status.json, job.log) and the
+    SIGTERM handler; any failure is recorded in the store before it propagates (`Reporter.failed`)."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"aquarium-{variant.name}-"))
+    reporter = Reporter(store, prefix, variant, workdir)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield reporter
+    except BaseException as e:
+        reporter.failed(e)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        reporter.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class StoreCheckpoint(keras.callbacks.Callback):
@@ -122,13 +157,13 @@ class StoreCheckpoint(keras.callbacks.Callback):
     have handled the epoch, and restore theirs after they reset themselves in on_train_begin.
     """
 
-    def __init__(self, store: Store, prefix: str, workdir: Path, reporter: Reporter, config_hash: str,
-                 early_stop, reduce_lr, resume: dict | None, history: list[dict]):
+    def __init__(self, reporter: Reporter, early_stop, reduce_lr, resume: dict | None = None):
         super().__init__()
-        self.store, self.prefix, self.workdir, self.reporter = store, prefix, workdir, reporter
-        self.config_hash = config_hash
+        self.store, self.prefix, self.workdir = reporter.store, reporter.prefix, reporter.workdir
+        self.reporter = reporter
+        self.marker = marker(reporter.variant)
         self.early_stop, self.reduce_lr, self.resume = early_stop, reduce_lr, resume
-        self.history = history
+        self.history = list(resume["history"]) if resume else []
         self.best_checkpoint = resume.get("best_checkpoint") if resume else None
         self.uploads = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self.pending: list[concurrent.futures.Future] = []
@@ -157,13 +192,13 @@ class StoreCheckpoint(keras.callbacks.Callback):
         if self.early_stop.best_epoch == epoch:
             self.best_checkpoint = name
         state = {
-            "config_hash": self.config_hash,
+            **self.marker,
             "epoch": epoch + 1,
             "checkpoint": name,
             "best_checkpoint": self.best_checkpoint,  # its weights are EarlyStopping's best_weights
             "history": list(self.history),
-            "early_stop": {k: _plain(getattr(self.early_stop, k)) for k in ("wait", "best", "best_epoch")},
-            "reduce_lr": {k: _plain(getattr(self.reduce_lr, k)) for k in ("wait", "best", "cooldown_counter")},
+            "early_stop": {k: _scalar(getattr(self.early_stop, k)) for k in ("wait", "best", "best_epoch")},
+            "reduce_lr": {k: _scalar(getattr(self.reduce_lr, k)) for k in ("wait", "best", "cooldown_counter")},
         }
         status = dict(epoch=epoch + 1, val_accuracy=row["val_accuracy"],
                       best_val_accuracy=max(r["val_accuracy"] for r in self.history), lr=lr)
@@ -203,7 +238,8 @@ def load_arrays(path: Path) -> list[np.ndarray]:
         return [npz[f"a{i}"] for i in range(len(npz.files))]
 
 
-def _plain(value):
+def _scalar(value):
+    """A callback's numpy scalar as a JSON number."""
     return float(value) if isinstance(value, (np.floating, float)) else (int(value) if value is not None else None)
 
 
@@ -223,13 +259,10 @@ def resolve_weights(store: Store, variant: Variant, workdir: Path) -> str | None
     if w == "imagenet":
         return "imagenet"
     if w.startswith("s3://"):
-        parent, _, key = w.rpartition("/")
-        local = workdir / key
-        try:
-            open_store(parent).download(key, local)
+        try:  # from the S3 service of the sweep's store (sweep.endpoint)
+            return str(fetch_object(w, workdir, store.endpoint))
         except KeyError:
             raise BadInput(f"variant {variant.name}: weights file {w} not found: upload it there first") from None
-        return str(local)
     path = Path(w.removeprefix("file://")).expanduser()
     if not path.is_file():
         raise BadInput(f"variant {variant.name}: weights file {path} not found: use imagenet, none, a path or s3:// key")
@@ -266,8 +299,8 @@ def load_checkpoint(store: Store, prefix: str, variant: Variant, num_classes: in
         state = store.get_json(join(ckpt, "state.json"))
     except KeyError:
         return None, None
-    if state.get("config_hash") != variant.config_hash:
-        log.info("checkpoint is from another config (%s); starting afresh", state.get("config_hash"))
+    if not is_current(state, variant):
+        log.info("checkpoint not resumed, starting afresh: %s", stale_reason(state, variant))
         return None, None
     for name in {state["checkpoint"], state.get("best_checkpoint")} - {None}:
         store.download(join(ckpt, name), workdir / name)
@@ -322,79 +355,73 @@ def _on_sigterm(signum, frame):
 
 
 def run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool = False) -> dict:
-    """Train and evaluate one variant; returns its metrics. Skips when finished with the same config hash."""
+    """Train and evaluate one variant; returns its metrics. Skips a finished one (common.status decides)."""
     prefix = sweep.variant_prefix(variant.name)
     done = store.is_complete(prefix)
-    if done and done.get("config_hash") == variant.config_hash and not force:
+    if is_current(done, variant) and not force:
         log.info("%s: already finished with config %s; skipping (use --force to retrain)", variant.name,
                  variant.config_hash)
         return {"skipped": True, **done}
     if done or force:
-        store.delete_prefix(prefix)  # a finished result of another config, or --force: start clean
+        store.delete_prefix(prefix)  # a stale result (another config or training revision) or --force: start clean
 
-    workdir = Path(tempfile.mkdtemp(prefix=f"aquarium-{variant.name}-"))
-    reporter = Reporter(store, prefix, variant, workdir)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    checkpoint = None
-    try:
+    with recorded_run(store, prefix, variant) as reporter:
+        workdir = reporter.workdir
         reporter.update()
         keras.utils.set_random_seed(variant.seed)
         tf.config.experimental.enable_op_determinism()  # a rerun with the same seed reproduces the history
+        # Dataset
         data = load_data(store, sweep, variant.image_size)
         log.info("%s: %d train / %d val / %d test images at %dpx (%.1f MB read from the store)", variant.name,
                  *(len(data.splits[s]["labels"]) for s in SPLITS), variant.image_size, data.bytes_read / 1e6)
-        store.put_json(join(prefix, "config.json"), {
-            "sweep": sweep.name, "variant": variant.model_dump(), "config_hash": variant.config_hash,
-            "job": variant.job, "dataset_fingerprint": data.fingerprint, "versions": package_versions(),
-            "devices": [d.name for d in tf.config.list_logical_devices()],
-        })
+        write_config(store, sweep, variant, data)
+        # Model: the last checkpoint's, or a new one
         model, state = load_checkpoint(store, prefix, variant, len(data.classes), workdir)
         if model is None:
             model, state = build_model(store, variant, len(data.classes), workdir), None
         else:
             log.info("%s: resuming after epoch %d", variant.name, state["epoch"])
+        # Train: EarlyStopping, ReduceLROnPlateau and the store checkpoint (last) after every epoch
         early_stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=variant.early_stopping_patience,
                                                    restore_best_weights=True)
         reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=variant.lr_factor,
                                                       patience=variant.lr_patience, min_lr=variant.min_lr)
-        history = list(state["history"]) if state else []
-        checkpoint = StoreCheckpoint(store, prefix, workdir, reporter, variant.config_hash, early_stop, reduce_lr,
-                                     state, history)
+        checkpoint = reporter.checkpoint = StoreCheckpoint(reporter, early_stop, reduce_lr, state)
         started = time.perf_counter()
         fit(model, data, variant, [early_stop, reduce_lr, checkpoint], initial_epoch=state["epoch"] if state else 0)
         checkpoint.flush()
         fit_seconds = time.perf_counter() - started
+        # Evaluate on val and test with the best epoch's weights
         reporter.update(phase="evaluating")
         metrics, predictions = evaluate(model, data, variant)
+        history = checkpoint.history
         best_epoch = int(early_stop.best_epoch) + 1 if early_stop.best is not None else len(history)
         metrics.update(best_epoch=best_epoch, epochs_run=len(history), config_hash=variant.config_hash,
                        dataset_fingerprint=data.fingerprint, fit_seconds=fit_seconds, bytes_read=data.bytes_read)
-        model.net.save(workdir / "model.keras")  # the inference model, without the training-step augmentation
-        store.upload(join(prefix, "model.keras"), workdir / "model.keras")
-        store.put_text(join(prefix, "predictions.csv"), predictions)
-        store.put_json(join(prefix, "metrics.json"), metrics)
-        log.info("%s: best epoch %d, val accuracy %.4f, test accuracy %.4f", variant.name, best_epoch,
-                 metrics["val_accuracy"], metrics["test_accuracy"])
-        reporter.update(phase="succeeded", finished_at=now(), exit_code=0, best_val_accuracy=metrics["val_accuracy"])
-        reporter.upload_log()
-        store.mark_complete(prefix, {"config_hash": variant.config_hash, "finished_at": now(),
-                                     "val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"]})
+        # Publish: model, predictions, metrics, status, job.log -- and `_SUCCESS` last
+        publish(reporter, model, predictions, metrics)
         return metrics
-    except BaseException as e:
-        error = e if isinstance(e, AquariumError) else None
-        code = error.exit_code if error else (130 if isinstance(e, KeyboardInterrupt) else 1)
-        phase = "interrupted" if isinstance(e, (Interrupted, KeyboardInterrupt)) else "failed"
-        log.error("%s: %s: %s", variant.name, phase, e)
-        try:
-            if checkpoint is not None:
-                checkpoint.flush()
-            reporter.update(phase=phase, error=f"{type(e).__name__}: {e}", exit_code=code, finished_at=now())
-            reporter.upload_log()
-        except Exception as upload_error:  # the store itself may be what failed
-            log.error("could not record the failure in the store: %s", upload_error)
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        reporter.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
+
+def write_config(store: Store, sweep: Sweep, variant: Variant, data: Data) -> None:
+    """config.json: the resolved variant, its hash, the data it trains on and where (versions, devices)."""
+    store.put_json(join(sweep.variant_prefix(variant.name), "config.json"), {
+        "sweep": sweep.name, "variant": variant.model_dump(), "config_hash": variant.config_hash,
+        "job": variant.job, "dataset_fingerprint": data.fingerprint, "versions": package_versions(),
+        "devices": [d.name for d in tf.config.list_logical_devices()],
+    })
+
+
+def publish(reporter: Reporter, model, predictions: str, metrics: dict) -> None:
+    """Write the results in the order readers rely on: everything first, `_SUCCESS` (common.status.marker) last."""
+    store, prefix, variant = reporter.store, reporter.prefix, reporter.variant
+    model.net.save(reporter.workdir / "model.keras")  # the inference model: no training-step augmentation
+    store.upload(join(prefix, "model.keras"), reporter.workdir / "model.keras")
+    store.put_text(join(prefix, "predictions.csv"), predictions)
+    store.put_json(join(prefix, "metrics.json"), metrics)
+    log.info("%s: best epoch %d, val accuracy %.4f, test accuracy %.4f", variant.name, metrics["best_epoch"],
+             metrics["val_accuracy"], metrics["test_accuracy"])
+    reporter.update(phase="succeeded", finished_at=now(), exit_code=0, best_val_accuracy=metrics["val_accuracy"])
+    reporter.upload_log()
+    store.mark_complete(prefix, {**marker(variant), "finished_at": now(), "val_accuracy": metrics["val_accuracy"],
+                                 "test_accuracy": metrics["test_accuracy"]})

@@ -18,13 +18,14 @@ config_option = click.option("--config", "config_path", default="sweep.yaml", sh
 store_option = click.option("--store", default=None, help="store URI; overrides the spec's `store`")
 
 
-def open_sweep(config_path: str, store_uri: str | None = None):
-    """The validated sweep spec and its store (`--store` wins over the spec's `store:`)."""
-    from common.config import load_sweep
+def open_sweep(config_path: str, **overrides):
+    """The sweep spec with the command line's overrides applied (`config.resolve`: --store wins over `store:`,
+    the S3 endpoint decided once), and its store."""
+    from common.config import load_sweep, resolve
     from common.store import open_store
 
-    sweep = load_sweep(config_path)
-    return sweep, open_store(store_uri or sweep.store, sweep.endpoint)
+    sweep = resolve(load_sweep(config_path), **overrides)
+    return sweep, open_store(sweep.store, sweep.endpoint)
 
 
 def exits_cleanly(fn):
@@ -42,3 +43,20 @@ def exits_cleanly(fn):
             sys.exit(EXIT_TRANSIENT)
 
     return wrapper
+
+
+def sweep_job(name: str):
+    """A job that reads the sweep's store: `--config` and `--store`, the resolved sweep and its store handed to
+    the body as (sweep, store), known errors as one line and their exit code. The body's docstring is its help."""
+
+    def decorate(body):
+        @click.command(name, help=body.__doc__)
+        @config_option
+        @store_option
+        @exits_cleanly
+        def command(config_path, store):
+            return body(*open_sweep(config_path, store=store))
+
+        return command
+
+    return decorate

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import click
 
-from jobs import config_option, exits_cleanly, open_sweep, store_option
+from jobs import sweep_job
 
 
-@click.command("aggregate")
-@config_option
-@store_option
-@exits_cleanly
-def command(config_path, store):
+@sweep_job("aggregate")
+def command(sweep, target):
     """Compare every variant of the sweep; exit 2 when none has finished."""
     from common.report import aggregate, format_table
     from common.store import join
 
-    sweep, target = open_sweep(config_path, store)
     summary, board = aggregate(target, sweep)
     click.echo(format_table(board))
     best = summary["best"]

@@ -42,29 +42,30 @@ def _sizes(ctx, param, value):
 def command(source, store, config_path, sha256, synthesize, image_sizes, fast_decode, prefix, force,
             max_unpacked_mb):
     """Validate the Roboflow zip, label each photo with its dominant class, write tensors to the store."""
-    from common.config import load_sweep
-    from common.data.prepare import DEFAULT_SIZES, Options, prepare, summary_text
-    from common.errors import BadInput
+    from common.data.prepare import prepare, summary_text
 
-    spec = load_sweep(config_path) if config_path else None
-    if spec is None and not (source and store):
+    given = dict(source=source, sha256=sha256, synthesize=synthesize, prefix=prefix)
+    opts = _options(config_path, store, given, image_sizes, fast=fast_decode, force=force,
+                    max_bytes=max_unpacked_mb << 20)
+    click.echo(summary_text(prepare(opts)))
+
+
+def _options(config_path, store, given: dict, image_sizes, **settings):
+    """prepare's options: the resolved spec (`config.resolve` applies --source, --store, --sha256,
+    --synthesize and --prefix), or without a spec the command line alone."""
+    from common.config import load_sweep, only_given, resolve
+    from common.data.prepare import Options
+    from common.errors import BadInput
+    from common.store import s3_endpoint
+
+    sizes = only_given(sizes=image_sizes)
+    if config_path:
+        sweep = resolve(load_sweep(config_path), store=store, **given)
+        return Options.from_sweep(sweep, relative_to=Path(config_path).resolve().parent, **sizes, **settings)
+    if not (given["source"] and store):
         raise BadInput("prepare needs --source and --store (or --config with a sweep spec): e.g. "
                        "aquarium prepare --source aquarium-tfcsv.zip --store file://./store")
-    dataset = spec.dataset if spec else None
-    opts = Options(
-        source=source or dataset.source,
-        store=store or spec.store,
-        prefix=prefix or (dataset.prefix if dataset else "data"),
-        sha256=sha256 if sha256 is not None else (dataset.sha256 if dataset else None),
-        synthesize=synthesize if synthesize is not None else bool(dataset and dataset.synthesize),
-        sizes=image_sizes or (tuple(spec.image_sizes) if spec else DEFAULT_SIZES),
-        fast=fast_decode,
-        force=force,
-        endpoint=spec.endpoint if spec else None,
-        relative_to=Path(config_path).resolve().parent if config_path else None,
-        max_bytes=max_unpacked_mb << 20,
-    )
-    click.echo(summary_text(prepare(opts)))
+    return Options(store=store, endpoint=s3_endpoint(), **only_given(**given), **sizes, **settings)
 
 
 if __name__ == "__main__":

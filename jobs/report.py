@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import click
 
-from jobs import config_option, exits_cleanly, open_sweep, store_option
+from jobs import sweep_job
 
 
-@click.command("report")
-@config_option
-@store_option
-@exits_cleanly
-def command(config_path, store):
+@sweep_job("report")
+def command(sweep, target):
     """Print the leaderboard of the sweep; exit 2 when no variant has finished."""
     from common.report import CHOSEN_BY, choose_best, collect, format_table, leaderboard
 
-    sweep, target = open_sweep(config_path, store)
     results = collect(target, sweep)
     click.echo(format_table(leaderboard(results)))
     best = choose_best(results)

@@ -31,12 +31,10 @@ def run(config_path, store, kind, max_parallel, source, image):
     variants are listed in the summary), else the exit code of prepare or aggregate; 143 when interrupted."""
     import sys
 
-    from common.config import load_sweep
     from common.executor import run_sweep
 
-    sweep = load_sweep(config_path)
-    result = run_sweep(sweep, config_path, store, source, kind, max_parallel, image)
-    sys.exit(result.exit_code)
+    sweep, _ = open_sweep(config_path, store=store, source=source, image=image)
+    sys.exit(run_sweep(sweep, config_path, kind, max_parallel).exit_code)
 
 
 @command.command("status")
@@ -47,16 +45,17 @@ def run(config_path, store, kind, max_parallel, source, image):
 @exits_cleanly
 def status(config_path, store, with_jobs, namespace):
     """Phase, epoch, validation accuracy and elapsed time of every variant, read from the store."""
-    from common.executor import format_rows, status_rows
+    from common.status import NUMBERS, status_rows
+    from common.table import render
 
-    sweep, target = open_sweep(config_path, store)
+    sweep, target = open_sweep(config_path, store=store)
     rows = status_rows(target, sweep)
     if with_jobs:
         from common import k8s
 
         states = k8s.job_states(sweep, k8s.connect(), namespace)
         rows = [{"variant": r["variant"], "job": states[r["variant"]], **r} for r in rows]
-    click.echo(format_rows(rows))
+    click.echo(render(rows, NUMBERS))
 
 
 # ---------------------------------------------------------------- Kubernetes: plan, submit, stop (common/k8s.py)

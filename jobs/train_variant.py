@@ -23,7 +23,7 @@ def variant_command(kind: str, name: str, summary: str) -> click.Command:
         from common.errors import BadInput
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-        sweep, target = open_sweep(config_path, store)
+        sweep, target = open_sweep(config_path, store=store)
         variant = sweep.variant(variant_name)
         if variant.kind != kind:
             raise BadInput(f"variant {variant_name!r} is of kind {variant.kind!r}: run `aquarium {variant.job}`")

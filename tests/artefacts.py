@@ -10,6 +10,7 @@ import numpy as np
 
 from common.config import CLASSES, parse_sweep
 from common.metrics import classification_metrics
+from common.status import marker
 from common.store import Store, join
 
 SIZE = 24  # input size of the tiny model
@@ -64,7 +65,7 @@ def write_variant(store: Store, sweep, name: str, val_acc=0.5, val_loss=1.0, tes
                                                  "versions": {}, "job": v.job})
     store.put_json(join(prefix, "status.json"), {
         "phase": phase, "epoch": epochs if finished else 1, "epochs": epochs, "best_val_accuracy": val_acc,
-        "val_accuracy": val_acc, "config_hash": v.config_hash, "started_at": "2026-01-01T10:00:00+00:00",
+        "val_accuracy": val_acc, **marker(v), "started_at": "2026-01-01T10:00:00+00:00",
         "updated_at": "2026-01-01T10:01:00+00:00", "finished_at": "2026-01-01T10:01:00+00:00",
         "error": error, "exit_code": 0 if finished else 1})
     rows = ["epoch,loss,accuracy,val_loss,val_accuracy,lr"]
@@ -80,7 +81,10 @@ def write_variant(store: Store, sweep, name: str, val_acc=0.5, val_loss=1.0, tes
     store.put_text(join(prefix, "predictions.csv"), "split,file,true,predicted\n")
     store.put_bytes(join(prefix, "model.keras"), model)
     store.put_text(join(prefix, "job.log"), "log\n")
-    store.mark_complete(prefix, {"config_hash": success_hash or v.config_hash})
+    record = marker(v)
+    if success_hash:  # a result of another config: stale
+        record["config_hash"] = success_hash
+    store.mark_complete(prefix, record)
 
 
 def png_size(data: bytes) -> tuple[int, int]:

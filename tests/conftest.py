@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT
+
 sys.path.insert(0, str(ROOT))
 
 CLASSES = ("fish", "jellyfish", "penguin", "puffin", "shark", "starfish", "stingray")

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
+from helpers import ROOT, aquarium
 
 from common.config import load_sweep, parse_sweep
 from common.errors import BadInput
 
-ROOT = Path(__file__).resolve().parent.parent
 BASE = {"name": "s", "dataset": {"source": "x.zip"}, "variants": [{"name": "cnn-a"}]}
 
 
@@ -72,13 +68,11 @@ def test_bad_specs_name_the_problem(raw, message):
 def test_bad_spec_on_the_command_line_exits_2_with_one_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(with_(variants=[{"name": "cnn-a", "kernal_size": 3}])))
-    done = subprocess.run([sys.executable, "-m", "jobs.cli", "train-variant", "--config", str(path),
-                           "--variant", "cnn-a"], cwd=ROOT, capture_output=True, text=True)
+    done = aquarium("train-variant", "--config", path, "--variant", "cnn-a")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {path}: unknown key 'kernal_size' at variants[0] "
                                                 f"'cnn-a'.kernal_size: remove it or check its spelling"]
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: [unclosed\n")
-    done = subprocess.run([sys.executable, "-m", "jobs.cli", "train-variant", "--config", str(broken),
-                           "--variant", "x"], cwd=ROOT, capture_output=True, text=True)
+    done = aquarium("train-variant", "--config", broken, "--variant", "x")
     assert done.returncode == 2 and "not valid YAML" in done.stderr

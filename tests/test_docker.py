@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_dataset
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SETUP = ROOT / ".ci" / "docker-setup.sh"
 IMAGE = "aquarium-sweep:test-cpu"
 BASE = os.environ.get("AQUARIUM_TEST_BASE_IMAGE", "aquarium-base:bookworm")

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 from artefacts import sweep_spec, write_variant
-from common.config import load_sweep
-from common.executor import default_parallel, docker_argv, format_rows, job_argv, status_rows
-from common.store import FileStore
+from helpers import ROOT, aquarium
 
-ROOT = Path(__file__).resolve().parent.parent
+from common.config import load_sweep
+from common.executor import default_parallel, docker_argv, job_argv
+from common.status import status_rows
+from common.store import FileStore
+from common.table import render
 
 
 def test_docker_argv_passes_aws_by_name_and_mounts_local_paths(tmp_path):
@@ -67,17 +66,15 @@ def test_status_table_from_the_store(tmp_path):
     assert rows["done"]["elapsed"] == "0:01:00"
     assert rows["busy"]["phase"] == "running" and rows["busy"]["epoch"] == "1/3" and rows["busy"]["done"] == "no"
     assert rows["new"]["phase"] == "pending" and rows["new"]["epoch"] == "0/3" and rows["new"]["val acc"] == ""
-    lines = format_rows(status_rows(store, sweep)).splitlines()
+    lines = render(status_rows(store, sweep)).splitlines()
     assert lines[0].split() == ["variant", "phase", "epoch", "val", "acc", "best", "val", "elapsed", "done"]
     assert lines[1].split()[:3] == ["done", "succeeded", "3/3"]
 
 
 def test_failed_prepare_stops_the_sweep(tmp_path):
     """A bad dataset source: prepare exits 2, no variant starts, the sweep exits 2 and says why."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    run = subprocess.run([sys.executable, "-m", "jobs.cli", "sweep", "run", "--config", str(ROOT / "smoke.yaml"),
-                          "--source", str(tmp_path / "no-such.zip"), "--store", str(tmp_path / "store")],
-                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    run = aquarium("sweep", "run", "--config", ROOT / "smoke.yaml", "--source", tmp_path / "no-such.zip",
+                   "--store", tmp_path / "store", cwd=tmp_path, timeout=300)
     assert run.returncode == 2, run.stdout + run.stderr
     assert "prepare: FAILED" in run.stdout
     assert "prepare failed (exit 2): dataset source " in run.stdout  # the job's own error line, on the terminal

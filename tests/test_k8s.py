@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from common import k8s
 from common.config import load_sweep, parse_sweep
 from common.errors import BadInput
+from common import status
 from common.executor import job_argv
 from common.store import open_store
 
@@ -455,7 +456,7 @@ def test_max_parallel_one_runs_variants_one_at_a_time(empty_store):
 def test_submit_is_idempotent_and_skips_variants_finished_in_the_store(empty_store):
     sweep, _ = spec("smoke.yaml")
     cnn_a = sweep.variant("cnn-a")
-    empty_store.mark_complete(sweep.variant_prefix("cnn-a"), {"config_hash": cnn_a.config_hash})
+    empty_store.mark_complete(sweep.variant_prefix("cnn-a"), status.marker(cnn_a))
     empty_store.mark_complete(sweep.variant_prefix("cnn-b"), {"config_hash": "0ld0ld0ld0ld"})  # stale: rerun
     fake = FakeCluster(runtime=1)
     sub, _ = submitter(fake, store_obj=empty_store)

@@ -11,16 +11,14 @@ import functools
 import hashlib
 import http.server
 import io
-import subprocess
-import sys
 import threading
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from conftest import CLASSES, COLOURS, HEADER, make_dataset, make_rows, write_zip
+from helpers import aquarium, cli
 
 from common.data import labels as lab
 from common.data import source as src
@@ -28,12 +26,8 @@ from common.errors import BadInput
 from common.store import open_store
 from jobs.prepare import command
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 def run(*args):
-    result = CliRunner().invoke(command, [str(a) for a in args])
-    return result
+    return cli(command, *args)
 
 
 def prepare_ok(source, store, *extra):
@@ -204,8 +198,7 @@ def test_entry_count_cap_and_lying_headers(tmp_path):
 def test_not_a_zip_fails_cleanly_as_a_process(tmp_path):
     fake = tmp_path / "dataset.zip"
     fake.write_text("<html>not a zip: a Drive confirmation page</html>")
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "prepare", "--source", str(fake), "--store",
-                           str(tmp_path / "store")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = aquarium("prepare", "--source", fake, "--store", tmp_path / "store", timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "is not a zip file" in proc.stderr and "TensorFlow Object Detection CSV" in proc.stderr
     assert "Traceback" not in proc.stderr

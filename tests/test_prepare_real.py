@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import cli
 
 from common.store import open_store
 from jobs.prepare import command
@@ -41,9 +41,8 @@ def expected_from_csv(zip_path):
 
 
 def test_real_dataset(real_zip, tmp_path):
-    result = CliRunner().invoke(command, ["--source", str(real_zip), "--store", str(tmp_path / "store"),
-                                          "--image-sizes", "64", "--synthesize",
-                                          "--sha256", "81e0dc02681081e6832db4d36f6be925f0b1adf7641bc32fe1526388d423cf3e"])
+    result = cli(command, "--source", real_zip, "--store", tmp_path / "store", "--image-sizes", "64", "--synthesize",
+                 "--sha256", "81e0dc02681081e6832db4d36f6be925f0b1adf7641bc32fe1526388d423cf3e")
     assert result.exit_code == 0, result.output
     store = open_store(str(tmp_path / "store"))
     rows = list(csv.DictReader(io.StringIO(store.get_text("data/labels.csv"))))

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +11,7 @@ import pytest
 import yaml
 
 from artefacts import png_size, sweep_spec, tiny_model_bytes, write_variant
+from helpers import aquarium
 from common.report import CHOSEN_BY, NoFinishedVariants, aggregate, choose_best, collect, leaderboard
 from common.store import FileStore, join
 
@@ -130,27 +128,21 @@ def _spec_file(tmp_path: Path, sweep, store: FileStore) -> Path:
     return path
 
 
-def _aquarium(*args, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
-
-
 def test_aggregate_and_report_commands(tmp_path, store, model_bytes):
     sweep = sweep_spec([("cnn-a", "cnn"), ("cnn-b", "cnn")])
     spec = _spec_file(tmp_path, sweep, store)
-    none = _aquarium("aggregate", "--config", str(spec))
+    none = aquarium("aggregate", "--config", str(spec))
     assert none.returncode == 2
     assert "error: no finished variants to compare" in none.stderr
 
     write_variant(store, sweep, "cnn-a", val_acc=0.55, test_acc=0.61, model=model_bytes)
     write_variant(store, sweep, "cnn-b", phase="interrupted", error="SIGTERM", finished=False)
-    done = _aquarium("aggregate", "--config", str(spec))
+    done = aquarium("aggregate", "--config", str(spec))
     assert done.returncode == 0, done.stderr
     assert "best: cnn-a" in done.stdout
     assert "not finished: cnn-b (interrupted) SIGTERM" in done.stdout
 
-    shown = _aquarium("report", "--config", str(spec), "--store", store.uri)
+    shown = aquarium("report", "--config", str(spec), "--store", store.uri)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert lines[0].split()[:3] == ["#", "variant", "kind"]

@@ -10,15 +10,14 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from artefacts import sweep_spec, tiny_model_bytes, write_variant
+from helpers import ROOT
 from common.report import aggregate
 from common.store import FileStore, join
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.browser
 
 

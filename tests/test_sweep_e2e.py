@@ -7,26 +7,22 @@ also shows that a failing variant neither stops the others nor the report.
 from __future__ import annotations
 
 import io
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
+from helpers import ROOT, aquarium
 
 from common.config import load_sweep
 from common.store import join, open_store
 
-ROOT = Path(__file__).resolve().parent.parent
 BAD = {"name": "bad", "kind": "finetune", "image_size": 64, "weights": "/nonexistent/w.weights.h5", "epochs": 1}
 
 
 def sweep_run(config: Path, zip_path: Path, store: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "jobs.cli", "sweep", "run", "--config", str(config),
-                           "--executor", "local", "--source", str(zip_path), "--store", store],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=840)
+    return aquarium("sweep", "run", "--config", config, "--executor", "local", "--source", zip_path,
+                    "--store", store, cwd=cwd, timeout=840)
 
 
 def snapshot(store, sweep, names) -> dict:

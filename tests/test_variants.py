@@ -15,17 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import ROOT, aquarium
 
 from common.config import CLASSES, load_sweep
 from common.metrics import classification_metrics
 from common.store import open_store
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def aquarium(*args, env=None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs.cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -153,40 +153,62 @@ def read_split(root: Path, split: str, classes=CLASSES) -> tuple[list[Labelled],
     return labelled, skipped
 
 
+class _Problems:
+    """Bad rows of one CSV: the first (what, how to fix) per row index."""
+
+    def __init__(self, df: pd.DataFrame):
+        self.df, self.rows = df, {}
+
+    def flag(self, mask: pd.Series, what, fix: str = _FIX_ROW) -> None:
+        """Every row where mask holds gets what(row index) -- unless it already has a problem."""
+        for i in self.df.index[mask.to_numpy()]:
+            self.rows.setdefault(int(i), (what(i), fix))
+
+    def sorted(self) -> list[tuple[int, str, str]]:
+        return [(i, *self.rows[i]) for i in sorted(self.rows)]
+
+
 def _validate(df: pd.DataFrame, split_dir: Path, images: set[str], classes) -> list[tuple[int, str, str]]:
     """Every bad row as (row index, what is wrong, how to fix), sorted by row; the first problem per row only."""
-    problems: dict[int, tuple[str, str]] = {}
+    problems = _Problems(df)
+    problems.flag(df["filename"] == "", lambda i: "empty filename")
+    num = _check_numbers(df, problems)
+    _check_boxes(df, num, problems)
+    problems.flag(~df["class"].isin(classes), lambda i: f"unknown class {df.at[i, 'class']!r}",
+                  f"use one of {', '.join(classes)} or remove the row")
+    problems.flag(~df["filename"].isin(images) & (df["filename"] != ""),
+                  lambda i: f"image {df.at[i, 'filename']!r} is not in {split_dir.name}/",
+                  f"add the image to {split_dir.name}/ or remove its rows")
+    _check_images(df, num, split_dir, images, problems)
+    return problems.sorted()
 
-    def flag(mask: pd.Series, what, fix: str = _FIX_ROW) -> None:
-        for i in df.index[mask.to_numpy()]:
-            problems.setdefault(int(i), (what(i), fix))
 
-    flag(df["filename"] == "", lambda i: "empty filename")
+def _check_numbers(df: pd.DataFrame, problems: _Problems) -> pd.DataFrame:
+    """Width, height and box corners must be finite numbers; returns them as floats (bad ones as 0)."""
     num = {}
     for col in NUMERIC:
         num[col] = pd.to_numeric(df[col], errors="coerce")
-        flag(num[col].isna() | ~np.isfinite(num[col].fillna(0)), lambda i, c=col: f"{c} {df.at[i, c]!r} is not a number")
-    num = pd.DataFrame(num).fillna(0)
-    flag((num["width"] <= 0) | (num["height"] <= 0),
-         lambda i: f"image size {df.at[i, 'width']}x{df.at[i, 'height']} is not positive")
-    flag((num["xmax"] < num["xmin"]) | (num["ymax"] < num["ymin"]),
-         lambda i: f"inverted box (xmin {df.at[i, 'xmin']}, ymin {df.at[i, 'ymin']}, xmax {df.at[i, 'xmax']}, "
-                   f"ymax {df.at[i, 'ymax']}): max is below min")
+        problems.flag(num[col].isna() | ~np.isfinite(num[col].fillna(0)),
+                      lambda i, c=col: f"{c} {df.at[i, c]!r} is not a number")
+    return pd.DataFrame(num).fillna(0)
+
+
+def _check_boxes(df: pd.DataFrame, num: pd.DataFrame, problems: _Problems) -> None:
+    """A positive image size, and a box that is not inverted and lies inside the image (± TOLERANCE)."""
+    problems.flag((num["width"] <= 0) | (num["height"] <= 0),
+                  lambda i: f"image size {df.at[i, 'width']}x{df.at[i, 'height']} is not positive")
+    problems.flag((num["xmax"] < num["xmin"]) | (num["ymax"] < num["ymin"]),
+                  lambda i: f"inverted box (xmin {df.at[i, 'xmin']}, ymin {df.at[i, 'ymin']}, xmax "
+                            f"{df.at[i, 'xmax']}, ymax {df.at[i, 'ymax']}): max is below min")
     outside = ((num["xmin"] < -TOLERANCE) | (num["ymin"] < -TOLERANCE)
                | (num["xmax"] > num["width"] + TOLERANCE) | (num["ymax"] > num["height"] + TOLERANCE))
-    flag(outside, lambda i: f"box ({df.at[i, 'xmin']},{df.at[i, 'ymin']})-({df.at[i, 'xmax']},{df.at[i, 'ymax']}) "
-                            f"lies outside the {df.at[i, 'width']}x{df.at[i, 'height']} image (±{TOLERANCE:g} px "
-                            "allowed)")
-    flag(~df["class"].isin(classes), lambda i: f"unknown class {df.at[i, 'class']!r}",
-         f"use one of {', '.join(classes)} or remove the row")
-    flag(~df["filename"].isin(images) & (df["filename"] != ""),
-         lambda i: f"image {df.at[i, 'filename']!r} is not in {split_dir.name}/",
-         f"add the image to {split_dir.name}/ or remove its rows")
+    problems.flag(outside, lambda i: f"box ({df.at[i, 'xmin']},{df.at[i, 'ymin']})-({df.at[i, 'xmax']},"
+                                     f"{df.at[i, 'ymax']}) lies outside the {df.at[i, 'width']}x"
+                                     f"{df.at[i, 'height']} image (±{TOLERANCE:g} px allowed)")
 
-    # Decode each referenced image once (threads: PIL releases the GIL while decoding).
-    firsts = df[df["filename"].isin(images)].drop_duplicates("filename")
-    names = list(firsts["filename"])
 
+def _decode_all(split_dir: Path, names: list[str]) -> dict[str, tuple]:
+    """name -> ((width, height), None) or (None, why it does not decode); threads: PIL releases the GIL."""
     def check(name):
         try:
             return _open_image(split_dir / name), None
@@ -194,19 +216,25 @@ def _validate(df: pd.DataFrame, split_dir: Path, images: set[str], classes) -> l
             return None, str(e)
 
     with ThreadPoolExecutor(4) as pool:
-        results = dict(zip(names, pool.map(check, names)))
+        return dict(zip(names, pool.map(check, names)))
+
+
+def _check_images(df: pd.DataFrame, num: pd.DataFrame, split_dir: Path, images: set[str],
+                  problems: _Problems) -> None:
+    """Each referenced image decodes (once) and has the size its rows claim; rows already bad are skipped."""
+    names = list(df[df["filename"].isin(images)].drop_duplicates("filename")["filename"])
+    results = _decode_all(split_dir, names)
     for i, fn in zip(df.index, df["filename"]):
-        if fn not in results or int(i) in problems:
+        if fn not in results or int(i) in problems.rows:
             continue
         size, err = results[fn]
         if err is not None:
-            problems.setdefault(int(i), (f"image {split_dir.name}/{fn} does not decode ({err})",
-                                         "replace the image with a valid JPEG or remove its rows"))
+            problems.rows[int(i)] = (f"image {split_dir.name}/{fn} does not decode ({err})",
+                                     "replace the image with a valid JPEG or remove its rows")
         elif (num.at[i, "width"], num.at[i, "height"]) != size:
-            problems.setdefault(int(i), (
+            problems.rows[int(i)] = (
                 f"width x height {df.at[i, 'width']}x{df.at[i, 'height']} differ from the image's real size "
-                f"{size[0]}x{size[1]}", "fix width and height in the row (boxes are in the image's pixels)"))
-    return [(i, *problems[i]) for i in sorted(problems)]
+                f"{size[0]}x{size[1]}", "fix width and height in the row (boxes are in the image's pixels)")
 
 
 def _paint_away(img: np.ndarray, box: Box) -> tuple[slice, slice, np.ndarray]:

@@ -17,13 +17,15 @@ import json
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse, urlunparse
 
 import numpy as np
 
-from common.config import CLASSES
+from common import table
+from common.config import CLASSES, Sweep
 from common.data import SPLITS, labels, source as src
 from common.errors import BadInput
 from common.store import Store, join, open_store
@@ -47,61 +49,115 @@ class Options:
     max_bytes: int = src.MAX_UNPACKED_BYTES
     max_entries: int = src.MAX_ENTRIES
 
+    @classmethod
+    def from_sweep(cls, sweep: Sweep, **settings) -> "Options":
+        """The options of a resolved sweep (`config.resolve`): its dataset, store, endpoint and variant sizes."""
+        d = sweep.dataset
+        return cls(**{"source": d.source, "store": sweep.store, "prefix": d.prefix, "sha256": d.sha256,
+                      "synthesize": d.synthesize, "endpoint": sweep.endpoint, "sizes": tuple(sweep.image_sizes),
+                      **settings})
+
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+@dataclass
+class _Job:
+    """One prepare run: its options, the store and what the prefix already holds (`_SUCCESS`, or None)."""
+
+    opts: Options
+    store: Store
+    prefix: str
+    sizes: tuple[int, ...]
+    done: dict | None
+    log: Callable[[str], None]
+    t0: float = field(default_factory=time.monotonic)
+
+    def same_zip(self, sha: str | None) -> bool:
+        """The prefix already holds this very zip (same sha256 and synthesize flag) and --force is not set."""
+        done = self.done
+        return bool(done and not self.opts.force and sha and done.get("zip_sha256") == sha.strip().lower()
+                    and done.get("synthesize") == self.opts.synthesize)
+
+
 def prepare(opts: Options, log=_log) -> dict:
     """Fetch, validate, label and write the dataset; returns the summary (see `summary_text`)."""
-    t0 = time.monotonic()
     sizes = tuple(sorted(set(opts.sizes)))
     if not sizes or min(sizes) < 8:
         raise BadInput(f"image sizes {list(opts.sizes)}: give sizes of at least 8 px, e.g. --image-sizes 64,224")
     store = open_store(opts.store, opts.endpoint)
     prefix = opts.prefix.strip("/")
-    done = store.is_complete(prefix)
-
-    def same_zip(sha: str | None) -> bool:
-        return bool(done and not opts.force and sha and done.get("zip_sha256") == sha.strip().lower()
-                    and done.get("synthesize") == opts.synthesize)
-
-    if same_zip(opts.sha256):  # the expected sha256 is enough: no download at all
-        return _complete_existing(store, prefix, done, opts, sizes, t0, log)
+    job = _Job(opts, store, prefix, sizes, store.is_complete(prefix), log)
+    # Already prepared: the expected sha256 is enough, no download at all
+    if job.same_zip(opts.sha256):
+        return _complete_existing(job)
+    # Fetch, check and label the zip
     with tempfile.TemporaryDirectory(prefix="aquarium-prepare-") as tmp:
-        tmp = Path(tmp)
         log(f"fetching {_safe_source(opts.source)}")
-        zip_path = src.fetch(opts.source, tmp, opts.relative_to, opts.endpoint)
+        zip_path = src.fetch(opts.source, Path(tmp), opts.relative_to, opts.endpoint)
         sha = src.verify_sha256(zip_path, opts.sha256, opts.source)
-        if same_zip(sha):
-            return _complete_existing(store, prefix, done, opts, sizes, t0, log)
-        unpacked = src.safe_extract(zip_path, tmp / "unpacked", opts.source, opts.max_bytes, opts.max_entries)
-        root = src.dataset_root(unpacked, SPLITS, opts.source)
-        items, skipped = [], []
-        for split in SPLITS:
-            got, skip = labels.read_split(root, split)
-            items += got
-            skipped += skip
-            log(f"  {split}: {len(got)} labelled images, {len(skip)} without boxes")
-        for item in items:
-            item.jpeg = item.path.read_bytes()
-    synthetic = []
-    if opts.synthesize:
-        synthetic = [s for s in (labels.synthesize(i) for i in items if i.split == "train") if s is not None]
-        log(f"  synthesized {len(synthetic)} train images (dominant class painted away)")
+        if job.same_zip(sha):
+            return _complete_existing(job)
+        items, skipped = _read_zip(zip_path, Path(tmp), opts, log)
+    # Synthesize, then fingerprint what a model trains on
+    synthetic = _synthesized(items, opts.synthesize, log)
     items = _ordered(items + synthetic)
     labels_csv = _labels_csv(items)
     fingerprint = _fingerprint(labels_csv, opts.synthesize)
-    if done and not opts.force:
-        if done.get("fingerprint") == fingerprint:
-            return _complete_existing(store, prefix, done, opts, sizes, t0, log)
-        raise BadInput(f"{store.url(prefix)} already holds a different prepared dataset (from "
-                       f"{done.get('source')}, zip sha256 {str(done.get('zip_sha256'))[:12]}, synthesize "
-                       f"{done.get('synthesize')}; this one: zip sha256 {sha[:12]}, synthesize {opts.synthesize}): "
-                       "pass --force to replace it, or use another --store or dataset.prefix")
+    # Never replace a different dataset without --force
+    if job.done and not opts.force:
+        if job.done.get("fingerprint") == fingerprint:
+            return _complete_existing(job)
+        raise BadInput(_different(job, sha))
+    # Write: images and tables, then the tensors, `_SUCCESS` last
+    record = _write_dataset(job, items, labels_csv, skipped, {
+        "fingerprint": fingerprint, "source": _safe_source(opts.source), "zip_sha256": sha,
+        "synthesize": opts.synthesize, "synthesized": len(synthetic), "skipped": len(skipped)})
+    for size in sizes:
+        _write_tensors(store, prefix, items, size, opts.fast, fingerprint, log)
+    store.mark_complete(prefix, {"fingerprint": fingerprint, "sizes": list(sizes), "zip_sha256": sha,
+                                 "synthesize": opts.synthesize, "source": record["source"]})
+    return _summary("prepared", job, record, sizes, sizes)
+
+
+def _read_zip(zip_path: Path, tmp: Path, opts: Options, log) -> tuple[list, list]:
+    """Unpack the untrusted zip, validate and label every split; returns (labelled items with bytes, skipped)."""
+    unpacked = src.safe_extract(zip_path, tmp / "unpacked", opts.source, opts.max_bytes, opts.max_entries)
+    root = src.dataset_root(unpacked, SPLITS, opts.source)
+    items, skipped = [], []
+    for split in SPLITS:
+        got, skip = labels.read_split(root, split)
+        items += got
+        skipped += skip
+        log(f"  {split}: {len(got)} labelled images, {len(skip)} without boxes")
+    for item in items:
+        item.jpeg = item.path.read_bytes()
+    return items, skipped
+
+
+def _synthesized(items, synthesize: bool, log) -> list:
+    if not synthesize:
+        return []
+    synthetic = [s for s in (labels.synthesize(i) for i in items if i.split == "train") if s is not None]
+    log(f"  synthesized {len(synthetic)} train images (dominant class painted away)")
+    return synthetic
+
+
+def _different(job: _Job, sha: str) -> str:
+    done, opts = job.done, job.opts
+    return (f"{job.store.url(job.prefix)} already holds a different prepared dataset (from {done.get('source')}, "
+            f"zip sha256 {str(done.get('zip_sha256'))[:12]}, synthesize {done.get('synthesize')}; this one: zip "
+            f"sha256 {sha[:12]}, synthesize {opts.synthesize}): pass --force to replace it, or use another "
+            "--store or dataset.prefix")
+
+
+def _write_dataset(job: _Job, items, labels_csv: str, skipped, record: dict) -> dict:
+    """Images, labels.csv, skipped.csv, classes, counts and fingerprint.json (the dataset's record)."""
+    store, prefix = job.store, job.prefix
     counts = _counts(items)
     store.delete_prefix(prefix)  # leftovers of an unfinished run or the dataset being replaced
-    log(f"writing {len(items)} images to {store.url(prefix)}")
+    job.log(f"writing {len(items)} images to {store.url(prefix)}")
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: store.put_bytes(join(prefix, "images", i.split, i.label, i.filename), i.jpeg),
                       items))
@@ -109,28 +165,22 @@ def prepare(opts: Options, log=_log) -> dict:
     store.put_text(join(prefix, "skipped.csv"), _csv(["split", "filename", "reason"], skipped))
     store.put_json(join(prefix, "classes.json"), list(CLASSES))
     store.put_json(join(prefix, "counts.json"), counts)
-    record = {
-        "fingerprint": fingerprint, "source": _safe_source(opts.source), "zip_sha256": sha,
-        "synthesize": opts.synthesize, "synthesized": len(synthetic), "skipped": len(skipped),
-        "images": {s: sum(counts[s].values()) for s in SPLITS}, "counts": counts, "classes": list(CLASSES),
-    }
+    record = {**record, "images": {s: sum(counts[s].values()) for s in SPLITS}, "counts": counts,
+              "classes": list(CLASSES)}
     store.put_json(join(prefix, "fingerprint.json"), record)
-    for size in sizes:
-        _write_tensors(store, prefix, items, size, opts.fast, fingerprint, log)
-    store.mark_complete(prefix, {"fingerprint": fingerprint, "sizes": list(sizes), "zip_sha256": sha,
-                                 "synthesize": opts.synthesize, "source": record["source"]})
-    return _summary("prepared", store, prefix, record, sizes, sizes, time.monotonic() - t0)
+    return record
 
 
-def _complete_existing(store: Store, prefix: str, done: dict, opts: Options, sizes, t0, log) -> dict:
+def _complete_existing(job: _Job) -> dict:
     """The dataset is already in the store: materialise only the sizes it lacks, from the stored images."""
+    store, prefix, done = job.store, job.prefix, job.done
     have = set(done.get("sizes", []))
-    missing = [s for s in sizes if s not in have or not store.is_complete(join(prefix, "tensors", str(s)))]
+    missing = [s for s in job.sizes if s not in have or not store.is_complete(join(prefix, "tensors", str(s)))]
     record = store.get_json(join(prefix, "fingerprint.json"))
     if not missing:
-        log(f"already prepared: {store.url(prefix)} (fingerprint {done['fingerprint']}, sizes {sorted(have)})")
-        return _summary("already prepared", store, prefix, record, sorted(have), [], time.monotonic() - t0)
-    log(f"dataset already in {store.url(prefix)}; materialising missing sizes {missing}")
+        job.log(f"already prepared: {store.url(prefix)} (fingerprint {done['fingerprint']}, sizes {sorted(have)})")
+        return _summary("already prepared", job, record, sorted(have), [])
+    job.log(f"dataset already in {store.url(prefix)}; materialising missing sizes {missing}")
     items = [labels.Labelled(r["split"], r["filename"], r["label"], float(r["score"]), [])
              for r in csv.DictReader(io.StringIO(store.get_text(join(prefix, "labels.csv"))))]
     with ThreadPoolExecutor(8) as pool:
@@ -138,10 +188,10 @@ def _complete_existing(store: Store, prefix: str, done: dict, opts: Options, siz
         for item, blob in zip(items, blobs):
             item.jpeg = blob
     for size in missing:
-        _write_tensors(store, prefix, items, size, opts.fast, done["fingerprint"], log)
+        _write_tensors(store, prefix, items, size, job.opts.fast, done["fingerprint"], job.log)
     all_sizes = sorted(have | set(missing))
     store.mark_complete(prefix, {**done, "sizes": all_sizes})
-    return _summary("added sizes", store, prefix, record, all_sizes, missing, time.monotonic() - t0)
+    return _summary("added sizes", job, record, all_sizes, missing)
 
 
 def _write_tensors(store: Store, prefix: str, items, size: int, fast: bool, fingerprint: str, log) -> None:
@@ -206,24 +256,22 @@ def _safe_source(source: str) -> str:
     return source
 
 
-def _summary(status: str, store: Store, prefix: str, record: dict, sizes, materialised, seconds: float) -> dict:
+def _summary(status: str, job: _Job, record: dict, sizes, materialised) -> dict:
     return {
-        "status": status, "store": store.url(prefix), "fingerprint": record["fingerprint"],
+        "status": status, "store": job.store.url(job.prefix), "fingerprint": record["fingerprint"],
         "images": record["images"], "skipped": record["skipped"], "synthesized": record["synthesized"],
         "counts": record["counts"], "sizes": list(sizes), "materialised": list(materialised),
-        "seconds": round(seconds, 2),
+        "seconds": round(time.monotonic() - job.t0, 2),
     }
 
 
 def summary_text(summary: dict) -> str:
     """The job's closing report: images per split, class counts table, skipped, synthesized, time."""
     counts = summary["counts"]
-    width = max(len(c) for c in CLASSES)
-    lines = [f"{summary['status']}: {summary['store']}  (fingerprint {summary['fingerprint'][:12]}, "
-             f"sizes {summary['sizes']}, {summary['seconds']:.1f} s)",
-             f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in SPLITS)]
-    for c in CLASSES:
-        lines.append(f"{c:<{width}}  " + "  ".join(f"{counts[s][c]:>6}" for s in SPLITS))
-    lines.append(f"{'images':<{width}}  " + "  ".join(f"{summary['images'][s]:>6}" for s in SPLITS))
-    lines.append(f"skipped (no boxes): {summary['skipped']}   synthesized: {summary['synthesized']}")
-    return "\n".join(lines)
+    rows = [{"class": c, **{s: counts[s][c] for s in SPLITS}} for c in CLASSES]
+    rows.append({"class": "images", **{s: summary["images"][s] for s in SPLITS}})
+    return "\n".join([
+        f"{summary['status']}: {summary['store']}  (fingerprint {summary['fingerprint'][:12]}, "
+        f"sizes {summary['sizes']}, {summary['seconds']:.1f} s)",
+        table.render(rows, right=SPLITS),
+        f"skipped (no boxes): {summary['skipped']}   synthesized: {summary['synthesized']}"])

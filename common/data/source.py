@@ -113,17 +113,15 @@ def _fetch_gdrive(source: str, workdir: Path) -> Path:
 
 
 def _fetch_s3(source: str, workdir: Path, endpoint: str | None) -> Path:
-    from common.store import open_store
+    from common.store import fetch_object, split_s3
 
-    bucket, _, key = source[len("s3://"):].partition("/")
+    bucket, key = split_s3(source)
     if not bucket or not key:
         raise BadInput(f"dataset source {source!r}: use s3://BUCKET/KEY of the zip")
-    dest = workdir / (PurePosixPath(key).name or "dataset.zip")
     try:
-        open_store(f"s3://{bucket}", endpoint).download(key, dest)
+        return fetch_object(source, workdir, endpoint)
     except KeyError:
         raise BadInput(f"dataset source {source!r} does not exist: upload the zip there or fix --source") from None
-    return dest
 
 
 def sha256_file(path: Path) -> str:
