@@ -99,7 +99,8 @@ def input_pipeline(images: np.ndarray, labels: np.ndarray, variant: Variant, tra
     x, y = tf.constant(images), tf.constant(labels)  # captured by reference, not copied into the graph
 
     def one_epoch(epoch):
-        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([tf.constant(variant.seed, tf.int64), epoch]))
+        key = tf.stack([tf.constant(variant.seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=key)
         return tf.data.Dataset.from_tensor_slices(order).batch(variant.batch_size).take(batches)
 
     ds = tf.data.Dataset.range(first_epoch, variant.epochs).flat_map(one_epoch)
