@@ -19,26 +19,36 @@ from common.config import CLASSES, Variant
 RATIOS = (8, 4, 2, 1)  # libjpeg's DCT-domain downscaling factors
 
 
-def decode_pad_resize(jpeg: tf.Tensor, size: int, fast: bool = True) -> tf.Tensor:
-    """JPEG bytes -> uint8 [size, size, 3]: decode, zero-pad to a centred square, resize (antialiased).
+def decode(jpeg: tf.Tensor, size: int, fast: bool = True) -> tf.Tensor:
+    """JPEG bytes -> uint8 [h, w, 3]. With `fast`, libjpeg decodes at 1/2, 1/4 or 1/8 scale in the DCT domain when
+    the result is still at least twice the target size, which skips most of the decoding work and loses nothing
+    after the final resize."""
+    if not fast:
+        return tf.io.decode_jpeg(jpeg, channels=3)
+    longest = tf.reduce_max(tf.io.extract_jpeg_shape(jpeg)[:2])
+    branches = [lambda r=r: tf.io.decode_jpeg(jpeg, channels=3, ratio=r) for r in RATIOS]
+    fits = tf.stack([longest // r >= 2 * size for r in RATIOS])
+    index = tf.cast(tf.argmax(tf.cast(fits, tf.int32)), tf.int32)  # the largest ratio that still fits
+    index = tf.where(tf.reduce_any(fits), index, len(RATIOS) - 1)
+    return tf.switch_case(index, branches)
 
-    With `fast`, libjpeg decodes at 1/2, 1/4 or 1/8 scale in the DCT domain when the result is still at least
-    twice the target size, which skips most of the decoding work and loses nothing after the final resize.
-    """
-    if fast:
-        longest = tf.reduce_max(tf.io.extract_jpeg_shape(jpeg)[:2])
-        branches = [lambda r=r: tf.io.decode_jpeg(jpeg, channels=3, ratio=r) for r in RATIOS]
-        fits = tf.stack([longest // r >= 2 * size for r in RATIOS])
-        index = tf.cast(tf.argmax(tf.cast(fits, tf.int32)), tf.int32)  # the largest ratio that still fits
-        index = tf.where(tf.reduce_any(fits), index, len(RATIOS) - 1)
-        image = tf.switch_case(index, branches)
-    else:
-        image = tf.io.decode_jpeg(jpeg, channels=3)
+
+def decode_pad_resize_box(jpeg: tf.Tensor, size: int, fast: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
+    """`decode_pad_resize` and the photo's content box inside the padded square: float32 [y0, x0, y1, x1] in 0..1
+    (frame-robust training varies what lies outside it)."""
+    image = decode(jpeg, size, fast)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     side = tf.maximum(height, width)
-    image = tf.image.pad_to_bounding_box(image, (side - height) // 2, (side - width) // 2, side, side)
+    top, left = (side - height) // 2, (side - width) // 2
+    image = tf.image.pad_to_bounding_box(image, top, left, side, side)
     image = tf.image.resize(image, (size, size), antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    box = tf.cast(tf.stack([top, left, top + height, left + width]), tf.float32) / tf.cast(side, tf.float32)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), box
+
+
+def decode_pad_resize(jpeg: tf.Tensor, size: int, fast: bool = True) -> tf.Tensor:
+    """JPEG bytes -> uint8 [size, size, 3]: decode, zero-pad to a centred square, resize (antialiased)."""
+    return decode_pad_resize_box(jpeg, size, fast)[0]
 
 
 def class_table(classes=CLASSES) -> tf.lookup.StaticHashTable:
@@ -49,31 +59,38 @@ def class_table(classes=CLASSES) -> tf.lookup.StaticHashTable:
 
 
 def materialise(jpegs: list[bytes], class_names: list[str], size: int, fast: bool = True,
-                classes=CLASSES) -> tuple[np.ndarray, np.ndarray]:
-    """Decode, pad and resize every image in parallel with tf.data; returns (uint8 [N,S,S,3], int32 [N])."""
+                classes=CLASSES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode, pad and resize every image in parallel with tf.data.
+
+    Returns (uint8 [N,S,S,3], int32 labels [N], float32 content boxes [N,4]).
+    """
     table = class_table(classes)
     ds = tf.data.Dataset.from_tensor_slices((tf.constant(jpegs, tf.string), tf.constant(class_names)))
-    ds = ds.map(lambda jpeg, name: (decode_pad_resize(jpeg, size, fast), table.lookup(name)),
+    ds = ds.map(lambda jpeg, name: (*decode_pad_resize_box(jpeg, size, fast), table.lookup(name)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    images, labels = [], []
-    for x, y in ds.batch(64).prefetch(tf.data.AUTOTUNE):
+    images, boxes, labels = [], [], []
+    for x, b, y in ds.batch(64).prefetch(tf.data.AUTOTUNE):
         images.append(x.numpy())
+        boxes.append(b.numpy())
         labels.append(y.numpy())
     if not images:
-        return np.zeros((0, size, size, 3), np.uint8), np.zeros((0,), np.int32)
-    return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+        return np.zeros((0, size, size, 3), np.uint8), np.zeros((0,), np.int32), np.zeros((0, 4), np.float32)
+    return np.concatenate(images), np.concatenate(labels).astype(np.int32), np.concatenate(boxes)
 
 
-def tensors_to_bytes(images: np.ndarray, labels: np.ndarray, filenames: list[str]) -> bytes:
-    """One split at one size as an uncompressed .npz (the bytes are already compact uint8)."""
+def tensors_to_bytes(images: np.ndarray, labels: np.ndarray, filenames: list[str],
+                     boxes: np.ndarray | None = None) -> bytes:
+    """One split at one size as an uncompressed .npz (the bytes are already compact uint8), with content boxes."""
     buf = io.BytesIO()
-    np.savez(buf, images=images, labels=labels, filenames=np.asarray(filenames, dtype=str))
+    extra = {} if boxes is None else {"boxes": boxes.astype(np.float32)}
+    np.savez(buf, images=images, labels=labels, filenames=np.asarray(filenames, dtype=str), **extra)
     return buf.getvalue()
 
 
 def tensors_from_bytes(data: bytes) -> dict[str, np.ndarray]:
+    """images, labels, filenames -- and boxes when the store was prepared since issue 13 (older stores lack it)."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {k: npz[k] for k in ("images", "labels", "filenames")}
+        return {k: npz[k] for k in ("images", "labels", "filenames", "boxes") if k in npz.files}
 
 
 def batches_per_epoch(n: int, variant: Variant) -> int:
@@ -83,12 +100,13 @@ def batches_per_epoch(n: int, variant: Variant) -> int:
 
 
 def input_pipeline(images: np.ndarray, labels: np.ndarray, variant: Variant, training: bool,
-                   first_epoch: int = 0) -> tf.data.Dataset:
+                   first_epoch: int = 0, boxes: np.ndarray | None = None) -> tf.data.Dataset:
     """uint8 image batches and int32 label indices; no per-image work here (`augment.AugmentingTrainer` does it).
 
     Training: one stream of epochs `first_epoch`..`variant.epochs - 1`, each a permutation keyed to (seed,
     epoch) cut into `batches_per_epoch` batches -- so a run resumed at epoch k sees exactly the batches the
     uninterrupted run saw from epoch k on. Fit it with `steps_per_epoch=batches_per_epoch(...)`.
+    With `boxes` (content boxes, for frame-robust augmentation) training batches are ((images, boxes), labels).
     Evaluation: the split in order.
     """
     labels = labels.astype(np.int32)
@@ -104,4 +122,7 @@ def input_pipeline(images: np.ndarray, labels: np.ndarray, variant: Variant, tra
         return tf.data.Dataset.from_tensor_slices(order).batch(variant.batch_size).take(batches)
 
     ds = tf.data.Dataset.range(first_epoch, variant.epochs).flat_map(one_epoch)
-    return ds.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(tf.data.AUTOTUNE)
+    if boxes is None:
+        return ds.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(tf.data.AUTOTUNE)
+    b = tf.constant(boxes, tf.float32)
+    return ds.map(lambda i: ((tf.gather(x, i), tf.gather(b, i)), tf.gather(y, i))).prefetch(tf.data.AUTOTUNE)

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common.augment import AugmentingTrainer
+from common.augment import AugmentingTrainer, train_boxes
 from common.config import Sweep, Variant
 from common.data import SPLITS
 from common.errors import AquariumError, BadInput, Interrupted, TransientError
@@ -342,7 +342,8 @@ def fit(model, data: Data, variant: Variant, callbacks: list, initial_epoch: int
     """
     n = len(data.classes)
     images, labels = data.splits["train"]["images"], data.splits["train"]["labels"]
-    train = input_pipeline(images, labels, variant, True, first_epoch=initial_epoch)
+    boxes = train_boxes(data.splits["train"], variant, f"the {variant.image_size}px train tensors")
+    train = input_pipeline(images, labels, variant, True, first_epoch=initial_epoch, boxes=boxes)
     val = input_pipeline(data.splits["valid"]["images"], data.splits["valid"]["labels"], variant, False)
     weights = class_weights(labels, n) if variant.class_weights else None
     return model.fit(train, validation_data=val, epochs=variant.epochs, initial_epoch=initial_epoch,

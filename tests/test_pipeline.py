@@ -109,3 +109,53 @@ def test_trainer_augments_only_in_training_and_saves_the_plain_net(tmp_path):
     assert saved.input_shape == (None, 32, 32, 3) and not isinstance(saved, AugmentingTrainer)
     expected = trainer.predict(input_pipeline(x, y, v, False), verbose=0)
     assert np.allclose(saved.predict(x.astype(np.float32), verbose=0), expected, atol=1e-6)
+
+
+def letterboxed(n: int = 8, size: int = 32) -> tuple[tf.Tensor, tf.Tensor]:
+    """n photos of plain grey 100 in a wide frame: black bars on rows 0-7 and 24-31, content box [0.25,0,0.75,1]."""
+    images = np.zeros((n, size, size, 3), np.float32)
+    images[:, 8:24] = 100.0
+    return tf.constant(images), tf.constant([[0.25, 0.0, 0.75, 1.0]] * n, tf.float32)
+
+
+def test_content_box_is_where_the_photo_lies_in_its_padded_square():
+    from common.pipeline import decode_pad_resize_box, materialise
+
+    wide = np.full((30, 60, 3), 200, np.uint8)
+    image, box = decode_pad_resize_box(tf.constant(jpeg(wide)), 32, fast=False)
+    assert np.allclose(box.numpy(), [0.25, 0.0, 0.75, 1.0])
+    assert image.numpy()[2, 16].max() < 10 and image.numpy()[16, 16].min() > 190  # bar above, photo inside
+    _, _, boxes = materialise([jpeg(wide), jpeg(wide.transpose(1, 0, 2).copy())], ["fish", "shark"], 32)
+    assert np.allclose(boxes, [[0.25, 0, 0.75, 1], [0, 0.25, 1, 0.75]])
+
+
+def test_frame_refill_changes_only_the_bars_and_varies_the_fill():
+    images, boxes = letterboxed(16)
+    v = variant(frame=1.0)
+    out = augment_batch(images, tf.constant([1, 2], tf.int64), v, boxes).numpy()
+    assert np.allclose(out[:, 8:24], 100.0)  # the photo is untouched
+    bars = out[:, :8].reshape(16, -1)
+    assert (bars.max(axis=1) > 1.0).all()  # no image keeps its black bars
+    assert len({round(float(b.mean())) for b in bars}) > 2 and (bars.std(axis=1) > 30).any()  # colours, noise
+    again = augment_batch(images, tf.constant([1, 2], tf.int64), v, boxes).numpy()
+    assert np.array_equal(out, again)
+
+
+def test_content_crop_removes_the_bars_and_border_adds_a_frame():
+    images, boxes = letterboxed()
+    cropped = augment_batch(images, tf.constant([3, 4], tf.int64), variant(content_crop=1.0), boxes).numpy()
+    assert np.allclose(cropped, 100.0, atol=1e-3)  # a square inside the photo: no bar pixel left
+    framed = augment_batch(tf.fill([8, 32, 32, 3], 100.0), tf.constant([3, 4], tf.int64), variant(border=1.0))
+    framed = framed.numpy()
+    assert (np.abs(framed[:, 0, 0] - 100.0).max(axis=1) > 1.0).all()  # every corner pixel is a border colour
+    assert np.allclose(framed[:, 16, 16], 100.0)  # the centre is not
+
+
+def test_frame_options_refuse_tensors_without_content_boxes():
+    from common.augment import train_boxes
+    from common.errors import BadInput
+
+    old_store_split = {"images": np.zeros((2, 32, 32, 3), np.uint8), "labels": np.zeros(2, np.int32)}
+    assert train_boxes(old_store_split, variant(), "train") is None  # no frame options: old stores still train
+    with pytest.raises(BadInput, match="rerun `aquarium prepare --force`"):
+        train_boxes(old_store_split, variant(frame=0.5), "the 32px train tensors")

@@ -168,7 +168,8 @@ def test_killed_variant_resumes_exactly_as_the_uninterrupted_run(prepared, tmp_p
     uri, env = prepared
     epochs, steps = 8, 3
     cnn_a = {"epochs": epochs, "steps_per_epoch": steps, "early_stopping_patience": 50,
-             "augment": {"contrast": 0.2, "mixup": 0.2}, "dropout": 0.3}
+             "augment": {"contrast": 0.2, "mixup": 0.2, "frame": 0.5, "border": 0.3, "content_crop": 0.3},
+             "dropout": 0.3}
     config = spec(tmp_path, **{"cnn-a": cnn_a})
     sweep = load_sweep(config)
     store = open_env_store(uri, env)
