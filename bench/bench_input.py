@@ -290,7 +290,9 @@ def print_input_table(results, pipelines, rounds, count, variants) -> None:
 
 
 def print_train_table(results, variants, steps, rounds) -> None:
-    print(f"\ntrain step incl. augmentation, {steps} steps x {EPOCHS - 1} timed epochs, median of {rounds} rounds")
+    per_size = ", ".join(f"{n} at {s} px" for s, n in steps.items())
+    print(f"\ntrain step incl. augmentation, steps per epoch {per_size}, {EPOCHS - 1} timed epochs, "
+          f"median of {rounds} rounds")
     print("| size | variant | issue 6 (tf.data aug) ms/step | ours (aug in step) ms/step | speed-up "
           "| CPU ms/img issue 6 | ours |")
     print("|---:|---|---:|---:|---:|---:|---:|")
