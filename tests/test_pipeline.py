@@ -159,3 +159,26 @@ def test_frame_options_refuse_tensors_without_content_boxes():
     assert train_boxes(old_store_split, variant(), "train") is None  # no frame options: old stores still train
     with pytest.raises(BadInput, match="rerun `aquarium prepare --force`"):
         train_boxes(old_store_split, variant(frame=0.5), "the 32px train tensors")
+
+
+def test_mixed_precision_trains_with_float32_softmax_and_auto_follows_the_hardware():
+    import keras
+
+    from common.augment import AugmentingTrainer
+    from common.models import build_cnn, compile_model, cpu_has_bf16, resolve_precision
+
+    if not tf.config.list_physical_devices("GPU"):
+        assert resolve_precision("auto") == ("mixed_bfloat16" if cpu_has_bf16() else "float32")
+    assert resolve_precision("mixed_float16") == "mixed_float16"
+    v = variant(epochs=1, flip=True).model_copy(update={"filters": [4, 4, 4], "dense_units": 4,
+                                                         "precision": "mixed_bfloat16"})
+    x, y = np.random.default_rng(5).integers(0, 255, (8, 32, 32, 3)).astype(np.uint8), np.arange(8) % 7
+    try:
+        trainer = compile_model(AugmentingTrainer(build_cnn(v, 7), v, 7), v)
+        trainer.fit(input_pipeline(x, y, v, True), steps_per_epoch=1, verbose=0)
+        assert trainer.net.get_layer("conv1").compute_dtype == "bfloat16"
+        assert trainer.net.get_layer("standardize").compute_dtype == "float32"
+        probs = trainer.predict(x, verbose=0)
+        assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    finally:
+        keras.config.set_dtype_policy("float32")
