@@ -49,6 +49,7 @@ clean:
 # ---------------------------------------------------------------- containers and Kubernetes (Dockerfile, k8s/)
 # make image [IMAGE=...] [TF_EXTRA=cpu|gpu] [BASE_IMAGE=...] [CA_BUNDLE=/path/ca.crt] [PIP_INDEX_URL=...]
 # make plan | submit-sweep [CONFIG=...] [IMAGE=...] [NAMESPACE=...] [STORE=s3://...] [DATASET=s3://...|https://...]
+#   [DETACH=1]
 DOCKER ?= docker
 IMAGE_TF_EXTRA := $(if $(filter command line environment,$(origin TF_EXTRA)),$(TF_EXTRA),gpu)
 IMAGE ?= aquarium-sweep:$(if $(filter cpu,$(IMAGE_TF_EXTRA)),cpu,latest)
@@ -78,8 +79,8 @@ push:  ## push IMAGE to its registry
 plan: install  ## render + validate the sweep's Kubernetes manifests into PLAN_DIR (offline)
 	$(BIN)/aquarium sweep plan $(K8S_ARGS) --out $(PLAN_DIR)
 
-submit-sweep: install  ## run the sweep on the current kubectl context and watch it
-	$(BIN)/aquarium sweep submit $(K8S_ARGS)
+submit-sweep: install  ## run the sweep on the current kubectl context and watch it (DETACH=1: in the cluster)
+	$(BIN)/aquarium sweep submit $(K8S_ARGS) $(if $(DETACH),--detach)
 
 stop: install  ## delete the sweep's Jobs (results stay in the store)
 	$(BIN)/aquarium sweep stop --config $(CONFIG) $(if $(NAMESPACE),--namespace '$(NAMESPACE)')

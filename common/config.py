@@ -67,6 +67,7 @@ class Resources(Strict):
     gpu: int = Field(1, ge=0)
     cpu: str = "4"
     memory: str = "16Gi"
+    ephemeral_storage: str | None = None  # Kubernetes ephemeral-storage request = limit (/tmp, logs); None: none
 
 
 class Variant(Strict):
@@ -103,7 +104,7 @@ class Variant(Strict):
     dense_units: int = Field(128, ge=0)
     # finetune
     weights: str = "imagenet"  # imagenet | none | a .weights.h5 path | s3://bucket/key
-    trainable_layers: int = Field(20, ge=0)
+    trainable_layers: Annotated[int, Field(ge=0)] | Literal["all"] = 20  # last N backbone layers, or all of them
     resources: Resources = Resources()
 
     @field_validator("filters", mode="before")
@@ -163,6 +164,10 @@ class Kubernetes(Strict):
     termination_grace_seconds: int = Field(300, ge=30)  # time a variant gets after SIGTERM to checkpoint
     tmp_size_limit: str | None = "50Gi"  # emptyDir for /tmp (dataset zip, tensors, checkpoints)
     job_resources: Resources = Resources(gpu=0, cpu="2", memory="4Gi")  # prepare and aggregate
+    poll_seconds: float = Field(10.0, gt=0)  # how often the submitter looks at the cluster
+    pull_timeout_seconds: int = Field(600, ge=30)  # how long a failing image pull may retry before submit gives up
+    cluster_assigns_uid: bool = False  # OpenShift restricted-v2 etc.: omit runAsUser/runAsGroup/fsGroup
+    mount_service_account_token: bool = False  # IRSA / EKS Pod Identity need the pods' projected token
 
 
 class Sweep(Strict):
@@ -238,7 +243,8 @@ def _one_line(err: ValidationError, raw: dict, path: str) -> str:
         key = where.rsplit(".", 1)[-1]
         return f"{path}: unknown key {key!r} at {where}: remove it or check its spelling"
     msg = e["msg"].removeprefix("Value error, ")
-    got = f" (got {e['input']!r})" if e["type"] not in ("missing",) and not isinstance(e["input"], dict) else ""
+    shown = repr(e["input"])  # a scalar the user wrote; never a whole resolved list or mapping
+    got = f" (got {shown[:60]})" if e["type"] != "missing" and not isinstance(e["input"], (dict, list)) else ""
     return f"{path}: {where}: {msg}{got}"
 
 
@@ -267,11 +273,33 @@ def parse_sweep(raw, path: str = "sweep.yaml") -> Sweep:
     return sweep
 
 
+def reject_duplicate_keys(node, path: str, where: str = "") -> None:
+    """YAML forbids a key twice in one mapping, but PyYAML keeps the last silently: a spec with `epochs` twice
+    would train with whichever came last. Refuse it, naming the key, its place and both lines."""
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            reject_duplicate_keys(item, path, f"{where}[{i}]")
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key, value in node.value:
+        name = str(key.value) if isinstance(key, yaml.ScalarNode) else None
+        place = f"{where}.{name}" if where else str(name)
+        if name is not None and name != "<<":  # `<<` is YAML's merge key, not a key of its own
+            if name in seen:
+                raise BadInput(f"{path}: duplicate key {name!r} at {place} (lines {seen[name]} and "
+                               f"{key.start_mark.line + 1}): a key may appear once; keep the one you mean")
+            seen[name] = key.start_mark.line + 1
+        reject_duplicate_keys(value, path, place)
+
+
 def load_sweep(path: str | Path) -> Sweep:
-    """Read and validate a sweep YAML file (safe loading only)."""
+    """Read and validate a sweep YAML file (safe loading only; a key given twice is an error)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        reject_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), str(path))
+        raw = yaml.safe_load(text)
     except FileNotFoundError:
         raise BadInput(f"sweep spec {path} not found: pass --config PATH to an existing YAML file") from None
     except yaml.YAMLError as e:
@@ -288,7 +316,8 @@ def only_given(**options) -> dict:
 
 def resolve(sweep: Sweep, *, store: str | None = None, endpoint: str | None = None, source: str | None = None,
             sha256: str | None = None, synthesize: bool | None = None, prefix: str | None = None,
-            image: str | None = None, namespace: str | None = None) -> Sweep:
+            image: str | None = None, namespace: str | None = None, poll_seconds: int | None = None,
+            pull_timeout: int | None = None) -> Sweep:
     """The sweep with the command line's overrides applied (None: not given) and the S3 endpoint decided
     (`store.s3_endpoint`), validated again -- pydantic's model_copy(update=...) would skip validation.
 
@@ -297,7 +326,8 @@ def resolve(sweep: Sweep, *, store: str | None = None, endpoint: str | None = No
     data = sweep.model_dump()
     data.update(only_given(store=store), endpoint=s3_endpoint(endpoint, sweep.endpoint))
     data["dataset"].update(only_given(source=source, sha256=sha256, synthesize=synthesize, prefix=prefix))
-    data["kubernetes"].update(only_given(image=image, namespace=namespace))
+    data["kubernetes"].update(only_given(image=image, namespace=namespace, poll_seconds=poll_seconds,
+                                         pull_timeout_seconds=pull_timeout))
     try:
         return Sweep.model_validate(data)
     except ValidationError as err:

@@ -4,6 +4,8 @@ Kubernetes reads a pod's exit code to decide whether a retry can help, so the co
 contract with `k8s/` (the variant Job's podFailurePolicy maps EXIT_BAD_INPUT to FailJob).
 """
 
+import errno
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # a step of the sweep failed (`sweep run` without its own code, `sweep submit`)
 EXIT_BAD_INPUT = 2  # bad configuration or data: retrying cannot help
@@ -34,3 +36,21 @@ class Interrupted(AquariumError):
     """The job received SIGTERM and stopped after saving what it could."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+# OSErrors a rerun can get past (space freed, disk back); every other one is a path or permission to fix.
+TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ENOMEM,
+                    errno.EMFILE, errno.ENFILE, errno.ESTALE}
+
+
+def from_os_error(e: OSError, where: str, fix: str) -> AquariumError:
+    """One line for an OSError of the local file system: where it happened, the path, the reason and the fix.
+    Disk full or I/O trouble is transient (75: free space, rerun, the work resumes); anything else -- a file in
+    the way of a folder, no permission, a read-only file system -- is a bad path (2) that `fix` tells how to
+    correct."""
+    path = f" {e.filename}" if e.filename else ""
+    reason = e.strerror or type(e).__name__
+    if e.errno in TRANSIENT_ERRNOS:
+        return TransientError(f"{where}:{path}: {reason}: free space or fix the disk, then rerun "
+                              "(finished work is kept)")
+    return BadInput(f"{where}:{path}: {reason}: {fix}")

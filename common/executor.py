@@ -12,9 +12,12 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,12 +25,20 @@ from typing import TextIO
 
 from common.config import Sweep
 from common.data.source import resolve_local
-from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BadInput
+from common import lease
+from common.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TRANSIENT, AquariumError, BadInput,
+                           from_os_error)
 from common.status import NUMBERS, is_finished, status_rows
 from common.store import FileStore, Store, join, open_store
 from common.table import Screen, render
 
 TERM_GRACE_S = 120  # a variant needs a moment after SIGTERM to checkpoint its last epoch
+RETRY_BASE_S, RETRY_CAP_S = 10.0, 360.0  # Kubernetes' pod backoff: 10 s, doubled per retry, at most 6 min
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before retry `attempt` (1, 2, ...) of a job that exited 75, as a Job's backoffLimit spaces them."""
+    return min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (attempt - 1))
 
 
 def job_argv(sweep: Sweep, job: str, config_path: str, variant: str | None = None,
@@ -104,10 +115,17 @@ def docker_argv(image: str, argv: list[str], store_uri: str, config_path: str, s
 
 
 def log_dir(store: Store, sweep: Sweep) -> Path:
-    """Where the processes' stdout/stderr go: beside a local store, else ./logs (the store keeps job.log)."""
-    if isinstance(store, FileStore):
-        return store.root / "logs" / sweep.name
-    return Path("logs").resolve() / sweep.name
+    """Where the processes' stdout/stderr go: beside a local store, else ./logs (the store keeps job.log).
+    Created here, before any job starts, so a folder that cannot hold logs is one error line, not a traceback."""
+    folder = store.root / "logs" / sweep.name if isinstance(store, FileStore) else Path("logs").resolve() / sweep.name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise from_os_error(e, f"log folder {folder}", "use a --store folder (for s3://: a working directory) "
+                                                       "you can write to") from None
+    return folder
 
 
 # ---------------------------------------------------------------- running
@@ -125,6 +143,8 @@ class Step:
     started: float | None = None
     ended: float | None = None
     slot: int | None = None
+    retries: int = 0  # restarts after a transient exit (75)
+    retry_at: float = 0.0  # monotonic time before which a retry does not start
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -149,6 +169,8 @@ class Step:
             return f"running {self.seconds:.0f}s"
         if self.state in ("ok", "failed"):
             return f"exit {self.returncode}"
+        if self.state == "retrying":
+            return f"retry {self.retries} in {max(0.0, self.retry_at - time.monotonic()):.0f}s"
         return self.state
 
 
@@ -190,7 +212,9 @@ class Executor:
         self.parallel = parallel or default_parallel(sweep, len(self.gpus), self.cpus)
         self.screen = Screen(out or sys.stdout)
         self.logs = log_dir(self.store, sweep)
-        self.last_draw, self.last_rows = 0.0, {}
+        self.last_draw, self.last_rows, self.table, self.table_error = 0.0, {}, [], ""
+        self.retries = sweep.kubernetes.backoff_limit  # as many restarts after exit 75 as a Job gets
+        self.run_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def step(self, job: str, variant: str | None) -> Step:
         argv = job_argv(self.sweep, job, self.config_path, variant, self.store.uri, self.source)
@@ -198,7 +222,7 @@ class Executor:
 
     def command(self, step: Step) -> tuple[list[str], dict[str, str]]:
         """The process to start and its environment: the GPU of its slot, or a fair share of the CPU threads."""
-        extra = {}
+        extra = {lease.OWNER_ENV: f"{self.run_id}/{step.name}"}  # its retries take their own lease back at once
         gpu = self.gpus[step.slot % len(self.gpus)] if self.gpus and step.slot is not None else None
         if gpu is not None:
             extra["CUDA_VISIBLE_DEVICES"] = gpu
@@ -213,8 +237,7 @@ class Executor:
     def start(self, step: Step, slot: int | None = None) -> None:
         step.slot = slot
         cmd, env = self.command(step)
-        step.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(step.log, "a") as log:
+        with self.log_file(step) as log:
             log.write(f"\n=== {datetime.now().isoformat(timespec='seconds')} {' '.join(cmd)}\n")
             log.flush()
             # own session: Ctrl-C reaches the executor only, which then stops the children gracefully
@@ -222,13 +245,32 @@ class Executor:
                                          env=env, start_new_session=True)
         step.state, step.started = "running", time.monotonic()
 
+    def log_file(self, step: Step) -> TextIO:
+        """The step's log, opened for appending; a disk full or a vanished folder is one error line."""
+        try:
+            return open(step.log, "a")
+        except OSError as e:
+            raise from_os_error(e, f"log folder {self.logs}", "use a --store folder you can write to") from None
+
     def reap(self, step: Step) -> bool:
-        """True once the step's process has ended (and records how)."""
+        """True once the step's process has ended for good (and records how). A transient exit (75) with
+        retries left is not the end: the step is queued again after a backoff and resumes from its checkpoint."""
         if step.proc is None or step.proc.poll() is None:
             return False
-        step.returncode, step.ended = step.proc.returncode, time.monotonic()
+        step.returncode, step.ended, step.proc = step.proc.returncode, time.monotonic(), None
+        if step.returncode == EXIT_TRANSIENT and step.retries < self.retries:
+            step.retries += 1
+            step.state, step.retry_at = "retrying", time.monotonic() + retry_delay(step.retries)
+            self.say(f"{step.name}: transient failure (exit 75){step.error_line()}; retry {step.retries} of "
+                     f"{self.retries} in {retry_delay(step.retries):.0f}s, resuming from its checkpoint")
+            return False
         step.state = "ok" if step.returncode == 0 else "failed"
         return True
+
+    def due(self, step: Step) -> None:
+        """A retrying step whose backoff is over is started again (in its old slot, if it had one)."""
+        if step.state == "retrying" and time.monotonic() >= step.retry_at:
+            self.start(step, step.slot)
 
     def say(self, text: str) -> None:
         self.screen.say(text)
@@ -237,6 +279,7 @@ class Executor:
         self.say(f"{step.name}: starting (log {step.log})")
         self.start(step)
         while not self.reap(step):
+            self.due(step)
             time.sleep(0.2)
         self.say(f"{step.name}: {'done' if step.state == 'ok' else 'FAILED'} in {step.seconds:.1f}s "
                  f"(exit {step.returncode})" + ("" if step.state == "ok" else f"; see {step.log}"))
@@ -259,6 +302,8 @@ class Executor:
         queue = self.queue(variants)
         running: list[Step] = []
         while queue or running:
+            for s in running:
+                self.due(s)
             for s in [s for s in running if self.reap(s)]:
                 running.remove(s)
                 self.say(f"{s.variant}: {'finished' if s.state == 'ok' else 'FAILED'} after {s.seconds:.0f}s "
@@ -274,7 +319,16 @@ class Executor:
         self.progress(variants, force=True)
 
     def rows(self, variants: list[Step]) -> list[dict]:
-        return status_rows(self.store, self.sweep, {s.variant: s.describe() for s in variants})
+        """The status table from the store; while the store cannot be reached, the last one read."""
+        try:
+            self.table = status_rows(self.store, self.sweep, {s.variant: s.describe() for s in variants})
+        except AquariumError as e:  # said once per outage; the jobs themselves retry or fail on their own
+            if not self.table_error:
+                self.say(f"status table not updated while the store is unreachable: {e}")
+            self.table_error = str(e)
+            return self.table
+        self.table_error = ""
+        return self.table
 
     def progress(self, variants: list[Step], force: bool = False) -> None:
         """Terminal: redraw the table every `interval` s. Otherwise: one line per variant whose state changed."""
@@ -347,6 +401,9 @@ class Executor:
             self.say("interrupted: stopping the running jobs (they save a checkpoint; rerun to resume)")
             self.stop(all_steps)
             return SweepRun(all_steps, time.monotonic() - t0, EXIT_INTERRUPTED, self.parallel)
+        except AquariumError:  # e.g. the log folder filled up: stop the children before the one error line
+            self.stop(all_steps)
+            raise
         finally:
             signal.signal(signal.SIGTERM, previous)
         self.summary(prepare, variants, aggregate)

@@ -98,7 +98,8 @@ def build_finetune(variant: Variant, num_classes: int, weights: str | None) -> k
     backbone = keras.applications.MobileNetV3Large(
         input_shape=(size, size, 3), include_top=False, weights=weights, pooling="avg", include_preprocessing=True
     )
-    frozen = len(backbone.layers) - variant.trainable_layers
+    trainable = len(backbone.layers) if variant.trainable_layers == "all" else variant.trainable_layers
+    frozen = len(backbone.layers) - trainable
     for i, layer in enumerate(backbone.layers):
         layer.trainable = i >= frozen
     inputs = keras.Input((size, size, 3), name="image")

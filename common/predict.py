@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,10 +93,15 @@ def load(ref: str, sweep: Sweep | None = None, store_uri: str | None = None) -> 
         except KeyError:
             hint = "run `aquarium aggregate` first" if ref == "best" else "check the path or store key"
             raise BadInput(f"no model at {store.url(name)}: {hint}") from None
+        if not zipfile.is_zipfile(local):  # Keras would say "File not found" about a file that is right there
+            raise BadInput(f"{store.url(name)} is not a Keras model file (a .keras file is a zip archive): pass "
+                           "a model.keras saved by training, or --model best")
         try:
             model = keras.models.load_model(local, compile=False)
         except Exception as e:  # Keras raises ValueError, OSError, zipfile errors... for a bad file
-            raise BadInput(f"{store.url(name)} is not a loadable Keras model: {e}") from None
+            reason = " ".join(str(e).split())[:100]
+            raise BadInput(f"{store.url(name)} is not a loadable Keras model ({reason}): pass a model.keras "
+                           "saved by training") from None
     shape = model.input_shape
     if not isinstance(shape, tuple) or len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
         raise BadInput(f"{store.url(name)} takes input {shape}, not square RGB images [S,S,3]")

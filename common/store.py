@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from common.errors import BadInput, TransientError
+from common.errors import AquariumError, BadInput, TransientError, from_os_error
 
 SUCCESS = "_SUCCESS"
 
@@ -90,6 +90,7 @@ class Store:
     def list(self, prefix: str) -> list[str]: raise NotImplementedError  # every key under prefix, sorted
     def delete(self, key: str) -> None: raise NotImplementedError  # no error if missing
     def delete_prefix(self, prefix: str) -> None: raise NotImplementedError
+    def create_exclusive(self, key: str, data: bytes) -> bool: raise NotImplementedError  # False: it exists
 
     def url(self, key: str) -> str:
         return f"{self.uri}/{key.strip('/')}" if key else self.uri
@@ -125,6 +126,15 @@ class FileStore(Store):
         self.root = Path(root).expanduser().resolve()
         self.uri = "file://" + self.root.as_posix()
 
+    @contextlib.contextmanager
+    def _os_errors(self):
+        """Every OSError of the folder (a file in the way, no permission, read-only, disk full) as one line
+        naming the store and the fix, exit 2 or 75 (`errors.from_os_error`) -- never a traceback."""
+        try:
+            yield
+        except OSError as e:
+            raise from_os_error(e, f"store {self.uri}", "point --store (or store:) at a writable folder") from None
+
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if path != self.root and self.root not in path.parents:
@@ -147,25 +157,46 @@ class FileStore(Store):
             raise
 
     def put_bytes(self, key, data):
-        with self._atomic(key) as f:
+        with self._os_errors(), self._atomic(key) as f:
             f.write(data)
+
+    def create_exclusive(self, key, data):
+        """Write key only if it does not exist, atomically: a hard link of a finished temporary file fails when
+        the name is taken (O_EXCL semantics, and no reader ever sees half the content)."""
+        with self._os_errors():
+            path = self._path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-" + path.name)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
 
     def get_bytes(self, key):
         try:
-            return self._path(key).read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            with self._os_errors():
+                return self._path(key).read_bytes()
+        except AquariumError:
+            if self.exists(key):
+                raise
             raise KeyError(self.url(key)) from None
 
     def upload(self, key, path):
-        with self._atomic(key) as f, open(path, "rb") as src:
+        with self._os_errors(), self._atomic(key) as f, open(path, "rb") as src:
             shutil.copyfileobj(src, f, 1 << 20)
 
     def download(self, key, path):
         src = self._path(key)
         if not src.is_file():
             raise KeyError(self.url(key))
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, path)
+        with self._os_errors():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, path)
 
     def exists(self, key):
         return self._path(key).is_file()
@@ -174,17 +205,29 @@ class FileStore(Store):
         base = self._path(prefix)
         if not base.is_dir():
             return []
-        return sorted(
-            p.relative_to(self.root).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".tmp-")
-        )
+        with self._os_errors():
+            return sorted(
+                p.relative_to(self.root).as_posix()
+                for p in base.rglob("*")
+                if p.is_file() and not p.name.startswith(".tmp-")
+            )
 
     def delete(self, key):
-        self._path(key).unlink(missing_ok=True)
+        with self._os_errors(), contextlib.suppress(NotADirectoryError):  # a file in the way: nothing to delete
+            self._path(key).unlink(missing_ok=True)
 
     def delete_prefix(self, prefix):
         shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+
+def retry_config(env=None) -> dict:
+    """botocore's `standard` retry mode with 10 attempts: exponential backoff with jitter, capped at 20 s per
+    wait, so a store blip of up to about a minute never reaches the job; a longer outage ends the job with exit
+    75 and the executor or the Job retries it from its checkpoint. (`adaptive` adds client-side rate limiting
+    for throttling and is experimental in botocore; it does not help against an outage.) The standard
+    AWS_RETRY_MODE and AWS_MAX_ATTEMPTS override it."""
+    env = os.environ if env is None else env
+    return {"mode": env.get("AWS_RETRY_MODE") or "standard", "max_attempts": int(env.get("AWS_MAX_ATTEMPTS") or 10)}
 
 
 class S3Store(Store):
@@ -198,7 +241,7 @@ class S3Store(Store):
         self.bucket, self.prefix = bucket, prefix
         self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
         self.endpoint = endpoint if endpoint else s3_endpoint()
-        config = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=120)
+        config = Config(retries=retry_config(), connect_timeout=10, read_timeout=120)
         self.client = boto3.client("s3", endpoint_url=self.endpoint, config=config)
         self.transfer = TransferConfig(multipart_threshold=32 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
 
@@ -231,6 +274,20 @@ class S3Store(Store):
     def put_bytes(self, key, data):
         with self._errors(key):
             self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._key(key), Config=self.transfer)
+
+    def create_exclusive(self, key, data):
+        """A conditional create (`If-None-Match: *`, honoured by AWS S3 and MinIO): exactly one creator wins."""
+        from botocore.exceptions import ClientError
+
+        with self._errors(key):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            except ClientError as e:  # 412: it exists; 409: another conditional write of it is in flight
+                if str(e.response.get("Error", {}).get("Code")) in ("PreconditionFailed", "412",
+                                                                    "ConditionalRequestConflict", "409"):
+                    return False
+                raise
+        return True
 
     def get_bytes(self, key):
         buf = io.BytesIO()

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common import lease
 from common.augment import AugmentingTrainer, train_boxes
 from common.config import Sweep, Variant
 from common.data import SPLITS
@@ -103,6 +104,7 @@ class Reporter:
                        "val_accuracy": None, **marker(variant), "started_at": now(),
                        "finished_at": None, "error": None, "exit_code": None}
         self.checkpoint: StoreCheckpoint | None = None  # its queued uploads are finished even on failure
+        self.lease: lease.Lease | None = None  # checked before every commit point: one writer per variant
 
     def update(self, **changes) -> None:
         self.status.update(changes, updated_at=now())
@@ -209,7 +211,10 @@ class StoreCheckpoint(keras.callbacks.Callback):
         ckpt, name = join(self.prefix, "checkpoint"), state["checkpoint"]
         save_arrays(self.workdir / name, snapshot)
         self.store.upload(join(ckpt, name), self.workdir / name)
+        if self.reporter.lease:
+            self.reporter.lease.check()
         self.store.put_json(join(ckpt, "state.json"), state)  # the commit point
+        log.info("%s: epoch %d checkpointed", self.reporter.variant.name, state["epoch"])
         (self.workdir / name).unlink()
         keep = {name, state["best_checkpoint"]}
         for key in self.store.list(ckpt):  # other epochs are no longer needed
@@ -267,6 +272,20 @@ def resolve_weights(store: Store, variant: Variant, workdir: Path) -> str | None
     if not path.is_file():
         raise BadInput(f"variant {variant.name}: weights file {path} not found: use imagenet, none, a path or s3:// key")
     return str(path)
+
+
+def check_trainable_layers(variant: Variant) -> None:
+    """`trainable_layers` larger than the backbone would silently train every layer: refuse it before any
+    training, counting the layers of the very backbone `build_finetune` makes (built without weights: ~1 s).
+    `all` says "every layer" on purpose."""
+    if variant.kind != "finetune" or variant.trainable_layers == "all":
+        return
+    size = variant.image_size
+    total = len(keras.applications.MobileNetV3Large(input_shape=(size, size, 3), include_top=False, weights=None,
+                                                    pooling="avg", include_preprocessing=True).layers)
+    if variant.trainable_layers > total:
+        raise BadInput(f"variant {variant.name}: trainable_layers {variant.trainable_layers} is more than the "
+                       f"{total} layers of MobileNetV3Large: give at most {total}, or `all` to train every layer")
 
 
 def build_net(store: Store, variant: Variant, num_classes: int, workdir: Path) -> keras.Model:
@@ -356,6 +375,13 @@ def _on_sigterm(signum, frame):
 
 
 def run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool = False) -> dict:
+    """Train and evaluate one variant as its only writer (`common.lease`: a second run waits for the first,
+    then skips its result or resumes its work); returns its metrics."""
+    with lease.held(store, sweep.variant_prefix(variant.name), f"variant {variant.name}") as held:
+        return _run_variant(store, sweep, variant, force, held)
+
+
+def _run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool, held: lease.Lease) -> dict:
     """Train and evaluate one variant; returns its metrics. Skips a finished one (common.status decides)."""
     prefix = sweep.variant_prefix(variant.name)
     done = store.is_complete(prefix)
@@ -367,8 +393,9 @@ def run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool = Fals
         store.delete_prefix(prefix)  # a stale result (another config or training revision) or --force: start clean
 
     with recorded_run(store, prefix, variant) as reporter:
-        workdir = reporter.workdir
+        workdir, reporter.lease = reporter.workdir, held
         reporter.update()
+        check_trainable_layers(variant)  # before any training: a bad count is exit 2 in seconds
         keras.utils.set_random_seed(variant.seed)
         tf.config.experimental.enable_op_determinism()  # a rerun with the same seed reproduces the history
         # Dataset
@@ -424,5 +451,7 @@ def publish(reporter: Reporter, model, predictions: str, metrics: dict) -> None:
              metrics["val_accuracy"], metrics["test_accuracy"])
     reporter.update(phase="succeeded", finished_at=now(), exit_code=0, best_val_accuracy=metrics["val_accuracy"])
     reporter.upload_log()
+    if reporter.lease:
+        reporter.lease.check()
     store.mark_complete(prefix, {**marker(variant), "finished_at": now(), "val_accuracy": metrics["val_accuracy"],
                                  "test_accuracy": metrics["test_accuracy"]})

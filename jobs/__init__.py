@@ -10,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep job logs readable: er
 
 import click
 
-from common.errors import EXIT_TRANSIENT, AquariumError
+from common.errors import EXIT_TRANSIENT, AquariumError, from_os_error
 
 
 config_option = click.option("--config", "config_path", default="sweep.yaml", show_default=True,
@@ -41,8 +41,22 @@ def exits_cleanly(fn):
         except (ConnectionError, TimeoutError) as e:
             click.echo(f"error: transient: {e}", err=True)
             sys.exit(EXIT_TRANSIENT)
+        except OSError as e:  # a local file or the output itself: disk full, read-only, a file in the way
+            _quiet_stdout()
+            err = from_os_error(e, "writing the output (stdout)" if e.filename is None else "local file",
+                                "fix the path or its permissions, or write the output elsewhere")
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
 
     return wrapper
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of a full or closed output stays quiet."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def sweep_job(name: str):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from common.data.source import MAX_ENTRIES
 from jobs import exits_cleanly
 
 
@@ -38,15 +39,17 @@ def _sizes(ctx, param, value):
 @click.option("--force", is_flag=True, help="replace a different dataset already prepared at the prefix")
 @click.option("--max-unpacked-mb", default=2048, show_default=True, type=click.IntRange(1),
               help="refuse zips that unpack to more than this")
+@click.option("--max-entries", default=MAX_ENTRIES, show_default=True, type=click.IntRange(1),
+              help="refuse zips with more entries than this")
 @exits_cleanly
 def command(source, store, config_path, sha256, synthesize, image_sizes, fast_decode, prefix, force,
-            max_unpacked_mb):
+            max_unpacked_mb, max_entries):
     """Validate the Roboflow zip, label each photo with its dominant class, write tensors to the store."""
     from common.data.prepare import prepare, summary_text
 
     given = dict(source=source, sha256=sha256, synthesize=synthesize, prefix=prefix)
     opts = _options(config_path, store, given, image_sizes, fast=fast_decode, force=force,
-                    max_bytes=max_unpacked_mb << 20)
+                    max_bytes=max_unpacked_mb << 20, max_entries=max_entries)
     click.echo(summary_text(prepare(opts)))
 
 

@@ -40,7 +40,8 @@ def run(config_path, store, kind, max_parallel, source, image):
 @command.command("status")
 @config_option
 @store_option
-@click.option("--kubernetes", "-k", "with_jobs", is_flag=True, help="add each variant's Job state on the cluster")
+@click.option("--kubernetes", "-k", "with_jobs", is_flag=True,
+              help="add each variant's Job state on the cluster, and a detached sweep's driver and table")
 @namespace_option
 @exits_cleanly
 def status(config_path, store, with_jobs, namespace):
@@ -48,14 +49,18 @@ def status(config_path, store, with_jobs, namespace):
     from common.status import NUMBERS, status_rows
     from common.table import render
 
-    sweep, target = open_sweep(config_path, store=store)
+    sweep, target = open_sweep(config_path, store=store, namespace=namespace)
     rows = status_rows(target, sweep)
-    if with_jobs:
-        from common import k8s
+    if not with_jobs:
+        click.echo(render(rows, NUMBERS))
+        return
+    from common import k8s
 
-        states = k8s.job_states(sweep, k8s.connect(), namespace)
-        rows = [{"variant": r["variant"], "job": states[r["variant"]], **r} for r in rows]
-    click.echo(render(rows, NUMBERS))
+    apis = k8s.connect()
+    states = k8s.job_states(sweep, apis)
+    click.echo(render([{"variant": r["variant"], "job": states[r["variant"]], **r} for r in rows], NUMBERS))
+    for line in k8s.detached_summary(sweep, apis):
+        click.echo(line)
 
 
 # ---------------------------------------------------------------- Kubernetes: plan, submit, stop (common/k8s.py)
@@ -63,32 +68,35 @@ def status(config_path, store, with_jobs, namespace):
 source_option = click.option("--source", default=None, help="dataset zip for prepare (s3:// or https://); "
                                                             "overrides dataset.source")
 endpoint_option = click.option("--endpoint", default=None,
-                               help="S3 endpoint the pods use (AWS_ENDPOINT_URL); overrides the spec's endpoint")
+                               help="S3 endpoint the pods use (AWS_ENDPOINT_URL); wins over AWS_ENDPOINT_URL here, "
+                                    "which wins over the spec's endpoint")
 image_option = click.option("--image", default=None, help="container image; overrides kubernetes.image")
+poll_option = click.option("--poll-seconds", type=click.FloatRange(0.1), default=None,
+                           help="seconds between looks at the cluster; overrides kubernetes.poll_seconds")
+pull_option = click.option("--pull-timeout", type=click.IntRange(30), default=None,
+                           help="seconds a failing image pull may retry before submit gives up (exit 2); "
+                                "overrides kubernetes.pull_timeout_seconds")
 
 
 def manifest_options(fn):
-    """The options that decide what `plan` renders and `submit` sends: spec, store, source, endpoint, image."""
+    """The options that decide what `plan` renders and `submit` sends."""
     for option in reversed([config_option, store_option, source_option, endpoint_option, image_option,
-                            namespace_option]):
+                            namespace_option, poll_option, pull_option]):
         fn = option(fn)
     return fn
 
 
-def _checked_manifests(config_path, store, source, endpoint, image, namespace):
-    """Render the sweep's manifests and check them (plan and submit alike); warnings are printed here.
-    Returns (sweep, spec text, manifests, errors)."""
+def _checked_manifests(config_path, **overrides):
+    """The resolved sweep, its spec text and its manifests (rendered once) and the plan's errors; warnings are
+    printed here."""
     from pathlib import Path
 
     from common import k8s
-    from common.config import load_sweep
 
-    sweep = load_sweep(config_path)
-    if image:
-        sweep.kubernetes.image = image
+    sweep, _ = open_sweep(config_path, **overrides)
     text = Path(config_path).read_text()
-    manifests = k8s.render(sweep, text, namespace, store, source, endpoint)
-    errors, warnings = k8s.plan_problems(sweep, manifests, config_path, store, source)
+    manifests = k8s.render(sweep, text)
+    errors, warnings = k8s.plan_problems(sweep, manifests, config_path)
     for w in warnings:
         click.echo(f"warning: {w}", err=True)
     return sweep, text, manifests, errors
@@ -99,14 +107,15 @@ def _checked_manifests(config_path, store, source, endpoint, image, namespace):
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="write every manifest (and rbac.yaml) as YAML files here")
 @exits_cleanly
-def plan(config_path, store, source, endpoint, image, namespace, out_dir):
-    """Render the sweep's Kubernetes manifests, validate them offline against the official schema, check store,
-    image and GPU settings. Exit 2 with one line per problem."""
+def plan(config_path, out_dir, **overrides):
+    """Render the sweep's Kubernetes manifests, validate them offline against the official schema (the minimum
+    supported and the current Kubernetes), check store, image, GPU and polling settings. Exit 2 with one line per
+    problem."""
     import sys
 
     from common import k8s
 
-    sweep, text, manifests, errors = _checked_manifests(config_path, store, source, endpoint, image, namespace)
+    sweep, text, manifests, errors = _checked_manifests(config_path, **overrides)
     click.echo(k8s.summary(manifests))
     if out_dir:
         paths = k8s.write_manifests(manifests, out_dir)
@@ -115,7 +124,8 @@ def plan(config_path, store, source, endpoint, image, namespace, out_dir):
         click.echo(f"error: {e}", err=True)
     if errors:
         sys.exit(2)
-    click.echo(f"plan ok: {len(manifests)} manifests valid against Kubernetes {k8s.SCHEMA_VERSION}")
+    click.echo(f"plan ok: {len(manifests)} manifests valid against Kubernetes {k8s.MIN_VERSION} and "
+               f"{k8s.SCHEMA_VERSION}")
 
 
 @command.command("submit")
@@ -123,26 +133,41 @@ def plan(config_path, store, source, endpoint, image, namespace, out_dir):
 @click.option("--watch/--no-watch", default=True, show_default=True,
               help="follow the sweep until it ends; --no-watch submits what can start now and returns "
                    "(run submit again to continue: it is idempotent)")
-@click.option("--poll-seconds", default=10.0, show_default=True, type=click.FloatRange(0.1))
+@click.option("--detach", is_flag=True, help="run the submitter in the cluster (a driver Job) and return once "
+                                             "it runs; follow with `sweep status --kubernetes` and `sweep logs`")
+@click.option("--driver", is_flag=True, hidden=True, help="this process is the driver pod of --detach")
 @exits_cleanly
-def submit(config_path, store, source, endpoint, image, namespace, watch, poll_seconds):
+def submit(config_path, watch, detach, driver, **overrides):
     """Run the sweep on Kubernetes: ConfigMap, prepare Job, variant Jobs (max_parallel at a time), aggregate Job.
 
     Existing Jobs are not recreated; variants already finished in the store with the same config are skipped.
-    Exit 0 when every step succeeded, 1 when one failed, 2 on a bad spec, 3 when --no-watch left work running."""
+    Exit 0 when every step succeeded, 1 when one failed, 2 on a bad spec or a pod that cannot start, 3 when
+    --no-watch left work running, 75 when the cluster is unreachable."""
     import sys
 
     from common import k8s
-    from common.errors import BadInput
+    from common.errors import EXIT_INTERRUPTED, EXIT_STILL_RUNNING, BadInput
 
-    sweep, text, manifests, errors = _checked_manifests(config_path, store, source, endpoint, image, namespace)
+    sweep, text, manifests, errors = _checked_manifests(config_path, **overrides)
     if errors:
         for e in errors[1:]:
             click.echo(f"error: {e}", err=True)
         raise BadInput(errors[0])
-    result = k8s.submit(sweep, text, k8s.connect(), watch=watch, namespace=namespace, store=store, source=source,
-                        endpoint=endpoint, poll_seconds=poll_seconds, echo=click.echo)
-    if result.exit_code == 3:
+    sub = k8s.Submitter(sweep, manifests, k8s.connect(), echo=click.echo, driver=driver)
+    if detach:
+        state = k8s.detach(sub)
+        click.echo(f"detached: the driver Job {k8s.job_name(sweep, 'driver')} is {state} in namespace "
+                   f"{sweep.kubernetes.namespace}; follow with `aquarium sweep status --kubernetes --config "
+                   f"{config_path}` and `aquarium sweep logs VARIANT --config {config_path}`")
+        return
+    try:
+        result = sub.run(watch=watch)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped watching; the Jobs keep running in namespace {sweep.kubernetes.namespace}. "
+                   f"Reattach: aquarium sweep submit --config {config_path} (same options); remove them: "
+                   f"aquarium sweep stop --config {config_path}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if result.exit_code == EXIT_STILL_RUNNING:
         click.echo("submitted; the sweep is still running: run `aquarium sweep submit` again (or with --watch)")
     sys.exit(result.exit_code)
 
@@ -150,14 +175,36 @@ def submit(config_path, store, source, endpoint, image, namespace, watch, poll_s
 @command.command("stop")
 @config_option
 @namespace_option
+@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(1),
+              help="seconds to wait for the pods to be gone (they get their grace period to checkpoint)")
 @exits_cleanly
-def stop(config_path, namespace):
-    """Delete the sweep's Jobs and their pods (propagationPolicy Background). Results stay in the store."""
+def stop(config_path, namespace, timeout):
+    """Delete the sweep's Jobs in the foreground and wait until their pods are gone, then its ConfigMaps.
+    Results stay in the store."""
     from common import k8s
-    from common.config import load_sweep
+    from common.config import load_sweep, resolve
 
-    sweep = load_sweep(config_path)
-    deleted = k8s.stop(sweep, k8s.connect(), namespace)
-    ns = namespace or sweep.kubernetes.namespace
+    sweep = resolve(load_sweep(config_path), namespace=namespace)
+    deleted = k8s.stop(sweep, k8s.connect(), timeout=timeout)
+    ns = sweep.kubernetes.namespace
     click.echo(f"deleted {len(deleted)} Jobs in {ns}: {', '.join(deleted)}" if deleted
                else f"no Jobs of sweep {sweep.name} in {ns}")
+
+
+@command.command("logs")
+@click.argument("step")
+@config_option
+@store_option
+@namespace_option
+@exits_cleanly
+def logs(step, config_path, store, namespace):
+    """The log of a variant (or prepare, aggregate, driver) on Kubernetes: its pod's while it runs, the store's
+    job.log after."""
+    from common import k8s
+    from common.store import open_store
+
+    sweep, target = open_sweep(config_path, store=store, namespace=namespace)
+    if step not in [*sweep.names, "prepare", "aggregate", "driver"]:
+        sweep.variant(step)  # one line naming the known variants
+    target = target if step in sweep.names else None
+    click.echo(k8s.logs(sweep, k8s.connect(), step, target), nl=False)

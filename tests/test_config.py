@@ -76,3 +76,26 @@ def test_bad_spec_on_the_command_line_exits_2_with_one_line(tmp_path):
     broken.write_text("name: [unclosed\n")
     done = aquarium("train-variant", "--config", broken, "--variant", "x")
     assert done.returncode == 2 and "not valid YAML" in done.stderr
+
+
+def test_duplicate_yaml_keys_are_refused_with_both_lines(tmp_path):
+    spec = tmp_path / "dup.yaml"
+    spec.write_text("name: s\ndataset: {source: x.zip}\nvariants:\n  - name: cnn-a\n    epochs: 3\n"
+                    "  - name: cnn-b\n    epochs: 5\n    kernel_size: 3\n    epochs: 9\n")
+    with pytest.raises(BadInput) as err:
+        load_sweep(spec)
+    assert str(err.value) == (f"{spec}: duplicate key 'epochs' at variants[1].epochs (lines 7 and 9): a key may "
+                              "appear once; keep the one you mean")
+    spec.write_text("name: s\nname: t\ndataset: {source: x.zip}\nvariants: [{name: a}]\n")
+    run = aquarium("sweep", "status", "--config", spec)
+    assert run.returncode == 2 and "duplicate key 'name' at name (lines 1 and 2)" in run.stderr, run.stderr
+
+
+def test_duplicate_variant_names_are_one_short_line(tmp_path):
+    variants = [{"name": "cnn-a", "epochs": 3}, {"name": "cnn-b"}, {"name": "cnn-a", "kind": "finetune"}]
+    spec = tmp_path / "dup.yaml"
+    spec.write_text(yaml.safe_dump(with_(variants=variants)))
+    run = aquarium("sweep", "status", "--config", spec)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stderr
+    assert lines[0] == f"error: {spec}: variants: duplicate variant names: cnn-a" and len(lines[0]) < 200

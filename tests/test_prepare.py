@@ -475,3 +475,38 @@ def test_synthesize(dataset_zip, tmp_path):
 
 def test_header_constant_matches_the_job():
     assert lab.COLUMNS == HEADER
+
+
+def test_exact_duplicate_box_rows_are_dropped_with_a_warning(tmp_path):
+    """A box listed four times would count four times and flip the photo's label; duplicates are dropped and
+    one warning line names the file and the rows."""
+    splits = small_splits()
+    images, rows = splits["train"]
+    name = sorted(images)[0]  # image 0: a big box of its class and a small box of another class
+    k = first_row_of(rows, name)
+    big, small = rows[k], rows[k + 1]
+    assert big[0] == small[0] == name and big[3] != small[3]
+    rows[k + 2:k + 2] = [list(small) for _ in range(3)]  # rows k+3..k+5 (1-based) repeat row k+2
+    store = tmp_path / "store"
+    result = prepare_ok(write_zip(tmp_path / "dup.zip", splits), store)
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: train/_annotations.csv: dropped 3 exact duplicate box row(s) ({k + 3}, {k + 4}, "
+                        f"{k + 5}): each repeats an earlier row; a box counts once in the label"]
+    label = {r["filename"]: r for r in read_labels(open_store(str(store)))}[name]
+    assert label["label"] == big[3] and label["boxes"] == "2"
+
+
+def test_an_undecodable_photo_is_one_problem_not_many_bad_rows(tmp_path):
+    splits = small_splits()
+    images, rows = splits["valid"]
+    name = sorted(images)[0]
+    k = first_row_of(rows, name)
+    w, h = rows[k][1], rows[k][2]
+    rows[k + 1:k + 1] = [[name, w, h, "fish", 2 + j, 2, 10 + j, 10] for j in range(6)]  # 8 boxes in all
+    images[name] = images[name][: len(images[name]) // 2]
+    result = run("--source", write_zip(tmp_path / "bad.zip", splits), "--store", tmp_path / "s")
+    line = error_line(result)
+    assert result.exit_code == 2 and "does not decode" in line and "more bad rows" not in line, line
+    rows[-1][3] = "whale"  # a second, different problem is still counted
+    result = run("--source", write_zip(tmp_path / "bad2.zip", splits), "--store", tmp_path / "s")
+    assert "does not decode" in error_line(result) and "(1 more bad rows in this file)" in error_line(result)

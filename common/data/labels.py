@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -111,7 +112,33 @@ def split_images(split_dir: Path) -> list[str]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_split(root: Path, split: str, classes=CLASSES) -> tuple[list[Labelled], list[tuple[str, str, str]]]:
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def drop_duplicate_rows(df: pd.DataFrame, where: str, warn=_warn) -> pd.DataFrame:
+    """An exact duplicate row is the same box listed twice (an export glitch, not a second animal at the same
+    pixels). Kept, it would count the box twice and could flip the photo's label; so it is dropped, with one
+    warning line naming the file and the rows (1-based, as in the error lines)."""
+    dupes = df.duplicated(keep="first")
+    if dupes.any():
+        rows = [int(i) + 1 for i in df.index[dupes.to_numpy()]]
+        shown = ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
+        warn(f"warning: {where}: dropped {len(rows)} exact duplicate box row(s) ({shown}): each repeats an "
+             "earlier row; a box counts once in the label")
+    return df[~dupes]
+
+
+def _first_problem(where: str, problems: list[tuple[int, str, str]], df: pd.DataFrame) -> str:
+    """The first bad row as one line; the same image's other rows with the very same problem (an undecodable
+    photo's other boxes) are not counted as more bad rows."""
+    row, what, fix = problems[0]
+    others = sum(1 for i, w, _ in problems[1:] if (df.at[i, "filename"], w) != (df.at[row, "filename"], what))
+    more = f" ({others} more bad rows in this file)" if others else ""
+    return f"{where} row {row + 1} (line {row + 2}): {what}: {fix}{more}"
+
+
+def read_split(root: Path, split: str, classes=CLASSES, warn=_warn) -> tuple[list[Labelled], list[tuple]]:
     """Validate one split and label its images; returns (labelled, skipped rows (split, filename, reason))."""
     split_dir = root / split
     where = f"{split}/_annotations.csv"
@@ -134,12 +161,11 @@ def read_split(root: Path, split: str, classes=CLASSES) -> tuple[list[Labelled],
     if df.empty:
         raise BadInput(f"{where} has a header but no box rows: every split needs labelled images; re-export "
                        "the dataset")
+    df = drop_duplicate_rows(df, where, warn)
     images = split_images(split_dir)
     problems = _validate(df, split_dir, set(images), classes)
     if problems:
-        row, what, fix = problems[0]
-        more = f" ({len(problems) - 1} more bad rows in this file)" if len(problems) > 1 else ""
-        raise BadInput(f"{where} row {row + 1} (line {row + 2}): {what}: {fix}{more}")
+        raise BadInput(_first_problem(where, problems, df))
     num = df[NUMERIC].astype(float)
     boxes: dict[str, list[Box]] = {}
     for fn, cls, x0, y0, x1, y1 in zip(df["filename"], df["class"], num["xmin"], num["ymin"], num["xmax"],

@@ -24,7 +24,7 @@ from urllib.parse import urlparse, urlunparse
 
 import numpy as np
 
-from common import table
+from common import lease, table
 from common.config import CLASSES, Sweep
 from common.data import SPLITS, labels, source as src
 from common.errors import BadInput
@@ -72,6 +72,7 @@ class _Job:
     sizes: tuple[int, ...]
     done: dict | None
     log: Callable[[str], None]
+    lease: lease.Lease | None = None  # held while writing (`_one_writer`)
     t0: float = field(default_factory=time.monotonic)
 
     def same_zip(self, sha: str | None) -> bool:
@@ -91,33 +92,48 @@ def prepare(opts: Options, log=_log) -> dict:
     job = _Job(opts, store, prefix, sizes, store.is_complete(prefix), log)
     # Already prepared: the expected sha256 is enough, no download at all
     if job.same_zip(opts.sha256):
-        return _complete_existing(job)
+        return _one_writer(job, _complete_existing)
     # Fetch, check and label the zip
     with tempfile.TemporaryDirectory(prefix="aquarium-prepare-") as tmp:
         log(f"fetching {_safe_source(opts.source)}")
         zip_path = src.fetch(opts.source, Path(tmp), opts.relative_to, opts.endpoint)
         sha = src.verify_sha256(zip_path, opts.sha256, opts.source)
         if job.same_zip(sha):
-            return _complete_existing(job)
+            return _one_writer(job, _complete_existing)
         items, skipped = _read_zip(zip_path, Path(tmp), opts, log)
     # Synthesize, then fingerprint what a model trains on
     synthetic = _synthesized(items, opts.synthesize, log)
     items = _ordered(items + synthetic)
     labels_csv = _labels_csv(items)
     fingerprint = _fingerprint(labels_csv, opts.synthesize)
+    record = {"fingerprint": fingerprint, "source": _safe_source(opts.source), "zip_sha256": sha,
+              "synthesize": opts.synthesize, "synthesized": len(synthetic), "skipped": len(skipped)}
+    return _one_writer(job, lambda j: _write(j, items, labels_csv, skipped, record))
+
+
+def _one_writer(job: _Job, work) -> dict:
+    """Run prepare's writes as the dataset's only writer (`common.lease`). A second prepare validates the zip,
+    waits here, then sees what the first one wrote (the store is read again) and only adds what is missing."""
+    with lease.held(job.store, job.prefix, f"dataset {job.store.url(job.prefix)}") as held:
+        job.lease, job.done = held, job.store.is_complete(job.prefix)
+        return work(job)
+
+
+def _write(job: _Job, items, labels_csv: str, skipped, record: dict) -> dict:
+    """Write the validated dataset -- unless it is already there -- images and tables, tensors, `_SUCCESS` last."""
+    store, prefix, sizes = job.store, job.prefix, job.sizes
     # Never replace a different dataset without --force
-    if job.done and not opts.force:
-        if job.done.get("fingerprint") == fingerprint:
+    if job.done and not job.opts.force:
+        if job.done.get("fingerprint") == record["fingerprint"]:
             return _complete_existing(job)
-        raise BadInput(_different(job, sha))
-    # Write: images and tables, then the tensors, `_SUCCESS` last
-    record = _write_dataset(job, items, labels_csv, skipped, {
-        "fingerprint": fingerprint, "source": _safe_source(opts.source), "zip_sha256": sha,
-        "synthesize": opts.synthesize, "synthesized": len(synthetic), "skipped": len(skipped)})
+        raise BadInput(_different(job, record["zip_sha256"]))
+    record = _write_dataset(job, items, labels_csv, skipped, record)
     for size in sizes:
-        _write_tensors(store, prefix, items, size, opts.fast, fingerprint, log)
-    store.mark_complete(prefix, {"fingerprint": fingerprint, "sizes": list(sizes), "zip_sha256": sha,
-                                 "synthesize": opts.synthesize, "source": record["source"]})
+        _write_tensors(store, prefix, items, size, job.opts.fast, record["fingerprint"], job.log)
+    job.lease.check()
+    store.mark_complete(prefix, {"fingerprint": record["fingerprint"], "sizes": list(sizes),
+                                 "zip_sha256": record["zip_sha256"], "synthesize": job.opts.synthesize,
+                                 "source": record["source"]})
     return _summary("prepared", job, record, sizes, sizes)
 
 

@@ -162,11 +162,11 @@ def safe_extract(zip_path: Path, dest: Path, source: str, max_bytes: int = MAX_U
         infos = zf.infolist()
         if len(infos) > max_entries:
             raise BadInput(f"dataset {source} has {len(infos)} zip entries, over the limit of {max_entries}: "
-                           "is it the right file? (raise --max-entries if it is)")
+                           "is it the right file? (if it is, rerun `aquarium prepare` with --max-entries N)")
         declared = sum(i.file_size for i in infos)
         if declared > max_bytes:
             raise BadInput(f"dataset {source} unpacks to {declared} bytes, over the limit of {max_bytes}: "
-                           "is it the right file? (raise --max-unpacked-mb if it is)")
+                           "is it the right file? (if it is, rerun `aquarium prepare` with --max-unpacked-mb N)")
         for info in infos:
             why = _unsafe(info.filename)
             if why is None and stat.S_ISLNK(info.external_attr >> 16):
