@@ -24,7 +24,7 @@ import keras  # noqa: E402
 
 from common.config import load_sweep  # noqa: E402
 from common.data.prepare import Options, prepare  # noqa: E402
-from common.pipeline import input_pipeline  # noqa: E402
+from common.pipeline import batches_per_epoch, input_pipeline  # noqa: E402
 from common.store import open_store  # noqa: E402
 from common.train import Reporter, StoreCheckpoint, build_model, fit, load_data  # noqa: E402
 
@@ -63,11 +63,12 @@ def plain_epochs(store, variant, data, workdir) -> list[float]:
     """What a user would write by hand: model.fit on the same tensors, no callbacks."""
     keras.utils.set_random_seed(variant.seed)
     model = build_model(store, variant, len(data.classes), workdir)
-    n = len(data.classes)
-    train = input_pipeline(data.splits["train"]["images"], data.splits["train"]["labels"], variant, True, n)
-    val = input_pipeline(data.splits["valid"]["images"], data.splits["valid"]["labels"], variant, False, n)
+    labels = data.splits["train"]["labels"]
+    train = input_pipeline(data.splits["train"]["images"], labels, variant, True)
+    val = input_pipeline(data.splits["valid"]["images"], data.splits["valid"]["labels"], variant, False)
     timer = EpochTimer()
-    model.fit(train, validation_data=val, epochs=variant.epochs, callbacks=[timer], verbose=0)
+    model.fit(train, validation_data=val, epochs=variant.epochs, callbacks=[timer], verbose=0,
+              steps_per_epoch=batches_per_epoch(len(labels), variant))
     return timer.times
 
 

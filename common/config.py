@@ -51,6 +51,14 @@ class Augment(Strict):
     crop: float = Field(0.1, ge=0, lt=0.5)  # fraction trimmed before resizing back (random crop)
     contrast: float = Field(0.0, ge=0, le=0.9)
     mixup: float = Field(0.0, ge=0, le=1.0)  # Beta(alpha, alpha) of mixup; 0 = off
+    # frame-robust (issue 13; needs the content boxes `prepare` stores): per-image probabilities of
+    frame: float = Field(0.0, ge=0, le=1.0)  # refilling the pad bars: random colour, noise, edge or mean fill
+    border: float = Field(0.0, ge=0, le=1.0)  # a random-coloured border, 1 px to 6 % of the side
+    content_crop: float = Field(0.0, ge=0, le=1.0)  # a square crop inside the photo: no bars at all
+
+    @property
+    def uses_boxes(self) -> bool:
+        return bool(self.frame or self.content_crop)
 
 
 class Resources(Strict):
@@ -80,6 +88,10 @@ class Variant(Strict):
     class_weights: bool = False  # weight the loss by inverse class frequency
     seed: int = 1337
     augment: Augment = Augment()
+    # speed: auto = mixed_bfloat16 on a GPU of compute capability >= 8 or a CPU with AMX/AVX512-BF16,
+    # mixed_float16 on older GPUs, float32 elsewhere (common/models.py: resolve_precision)
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+    jit_compile: bool = False  # XLA: slower on CPU for these models (bench/RESULTS.md)
     # cnn
     conv_layers: int = Field(3, ge=3, le=8)
     filters: list[int] = [32, 64, 128]

@@ -7,7 +7,11 @@ Keras' MobileNetV3 rescales its input itself (it must not be fed standardised im
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 from common.config import Variant
@@ -24,10 +28,47 @@ class Standardize(layers.Layer):
         return (x - mean) / ops.maximum(std, 1.0 / ops.sqrt(pixels))
 
 
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """AMX or AVX512-BF16: the CPUs where Keras' mixed_bfloat16 runs natively (faster than float32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """The Keras dtype policy of a variant's `precision`; `auto` picks the faster one for this machine.
+
+    GPUs: bfloat16 from compute capability 8 (Ampere) on, float16 with loss scaling before. CPUs: bfloat16
+    only with native support; emulated it is slower than float32 (bench/RESULTS.md).
+    """
+    if precision != "auto":
+        return precision
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
+        return "mixed_bfloat16" if tuple(capability) >= (8, 0) else "mixed_float16"
+    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+
+
+def apply_precision(variant: Variant) -> str:
+    """Set the global dtype policy before building a model: every layer built after it computes in it."""
+    policy = resolve_precision(variant.precision)
+    keras.config.set_dtype_policy(policy)
+    return policy
+
+
 def build_cnn(variant: Variant, num_classes: int) -> keras.Model:
-    """The seed's from-scratch CNN: blocks of conv (+BN) + ReLU, max-pool after each block, dense head, softmax."""
+    """The seed's from-scratch CNN: blocks of conv (+BN) + ReLU, max-pool after each block, dense head, softmax.
+
+    Standardisation and the softmax layer stay float32 under a mixed policy (statistics over thousands of
+    pixels and probabilities need the precision); the convolutions run in the policy's compute dtype.
+    """
+    apply_precision(variant)
     inputs = keras.Input((variant.image_size, variant.image_size, 3), name="image")
-    x = Standardize(name="standardize")(inputs)
+    x = Standardize(name="standardize", dtype="float32")(inputs)
     for i, filters in enumerate(variant.filters):
         x = layers.Conv2D(filters, variant.kernel_size, padding="same", use_bias=not variant.batch_norm,
                           name=f"conv{i + 1}")(x)
@@ -41,7 +82,7 @@ def build_cnn(variant: Variant, num_classes: int) -> keras.Model:
         x = layers.Dropout(variant.dropout, name="dropout1")(x)
         x = layers.Dense(variant.dense_units, activation="relu", name="dense")(x)
     x = layers.Dropout(variant.dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=variant.name)
 
 
@@ -52,6 +93,7 @@ def build_finetune(variant: Variant, num_classes: int, weights: str | None) -> k
     The backbone is called with training=False, so its BatchNorm layers stay in inference mode even where
     trainable -- fine-tuning on a few hundred images would otherwise wreck their statistics.
     """
+    apply_precision(variant)
     size = variant.image_size
     backbone = keras.applications.MobileNetV3Large(
         input_shape=(size, size, 3), include_top=False, weights=weights, pooling="avg", include_preprocessing=True
@@ -63,13 +105,17 @@ def build_finetune(variant: Variant, num_classes: int, weights: str | None) -> k
     inputs = keras.Input((size, size, 3), name="image")
     x = backbone(inputs, training=False)
     x = layers.Dropout(variant.dropout, name="dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=variant.name)
 
 
 def compile_model(model: keras.Model, variant: Variant) -> keras.Model:
-    """RMSprop and categorical cross-entropy, as in the seed (label smoothing optional)."""
+    """RMSprop and categorical cross-entropy, as in the seed (label smoothing optional); XLA if asked.
+
+    Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer by itself.
+    """
     model.compile(
+        jit_compile=variant.jit_compile,
         optimizer=keras.optimizers.RMSprop(learning_rate=variant.learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=variant.label_smoothing),
         metrics=["accuracy"],

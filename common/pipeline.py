@@ -2,8 +2,9 @@
 
 The seed's recipe -- class name to one-hot through a `tf.lookup` table, decode, pad to square keeping the
 aspect ratio, resize -- runs here exactly once per image and size. `decode_pad_resize` is the single definition
-of "what the model sees"; `predict` calls it too. Standardisation and augmentation happen on the fly in
-`input_pipeline`, because they must differ every epoch (augmentation) or live in the model (standardisation).
+of "what the model sees"; `predict` calls it too. Training batches leave
+`input_pipeline` as uint8; standardisation lives in the model and augmentation in its training step
+(`common.augment`), so the input path does no per-image work.
 """
 
 from __future__ import annotations
@@ -18,29 +19,40 @@ from common.config import CLASSES, Variant
 RATIOS = (8, 4, 2, 1)  # libjpeg's DCT-domain downscaling factors
 
 
-def decode_pad_resize(jpeg: tf.Tensor, size: int, fast: bool = True, trim: bool = False) -> tf.Tensor:
-    """JPEG bytes -> uint8 [size, size, 3]: decode, zero-pad to a centred square, resize (antialiased).
+def decode(jpeg: tf.Tensor, size: int, fast: bool = True) -> tf.Tensor:
+    """JPEG bytes -> uint8 [h, w, 3]. With `fast`, libjpeg decodes at 1/2, 1/4 or 1/8 scale in the DCT domain when
+    the result is still at least twice the target size, which skips most of the decoding work and loses nothing
+    after the final resize."""
+    if not fast:
+        return tf.io.decode_jpeg(jpeg, channels=3)
+    longest = tf.reduce_max(tf.io.extract_jpeg_shape(jpeg)[:2])
+    branches = [lambda r=r: tf.io.decode_jpeg(jpeg, channels=3, ratio=r) for r in RATIOS]
+    fits = tf.stack([longest // r >= 2 * size for r in RATIOS])
+    index = tf.cast(tf.argmax(tf.cast(fits, tf.int32)), tf.int32)  # the largest ratio that still fits
+    index = tf.where(tf.reduce_any(fits), index, len(RATIOS) - 1)
+    return tf.switch_case(index, branches)
 
-    With `fast`, libjpeg decodes at 1/2, 1/4 or 1/8 scale in the DCT domain when the result is still at least
-    twice the target size, which skips most of the decoding work and loses nothing after the final resize.
-    With `trim` (`predict`, never `prepare`), a uniform frame around the photo is cut off first: `trim_borders`.
-    """
-    if fast:
-        longest = tf.reduce_max(tf.io.extract_jpeg_shape(jpeg)[:2])
-        branches = [lambda r=r: tf.io.decode_jpeg(jpeg, channels=3, ratio=r) for r in RATIOS]
-        fits = tf.stack([longest // r >= 2 * size for r in RATIOS])
-        index = tf.cast(tf.argmax(tf.cast(fits, tf.int32)), tf.int32)  # the largest ratio that still fits
-        index = tf.where(tf.reduce_any(fits), index, len(RATIOS) - 1)
-        image = tf.switch_case(index, branches)
-    else:
-        image = tf.io.decode_jpeg(jpeg, channels=3)
+
+def decode_pad_resize_box(jpeg: tf.Tensor, size: int, fast: bool = True,
+                          trim: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+    """`decode_pad_resize` and the photo's content box inside the padded square: float32 [y0, x0, y1, x1] in 0..1
+    (frame-robust training varies what lies outside it). With `trim` (`predict`, never `prepare`), a uniform frame
+    around the photo is cut off first: `trim_borders`."""
+    image = decode(jpeg, size, fast)
     if trim:
         image = trim_borders(image)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     side = tf.maximum(height, width)
-    image = tf.image.pad_to_bounding_box(image, (side - height) // 2, (side - width) // 2, side, side)
+    top, left = (side - height) // 2, (side - width) // 2
+    image = tf.image.pad_to_bounding_box(image, top, left, side, side)
     image = tf.image.resize(image, (size, size), antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    box = tf.cast(tf.stack([top, left, top + height, left + width]), tf.float32) / tf.cast(side, tf.float32)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), box
+
+
+def decode_pad_resize(jpeg: tf.Tensor, size: int, fast: bool = True, trim: bool = False) -> tf.Tensor:
+    """JPEG bytes -> uint8 [size, size, 3]: decode, zero-pad to a centred square, resize (antialiased)."""
+    return decode_pad_resize_box(jpeg, size, fast, trim)[0]
 
 
 TRIM_TOLERANCE = 12  # mean |difference| over R, G, B (0..255) from the frame's colour: JPEG noise, not texture
@@ -121,131 +133,70 @@ def class_table(classes=CLASSES) -> tf.lookup.StaticHashTable:
 
 
 def materialise(jpegs: list[bytes], class_names: list[str], size: int, fast: bool = True,
-                classes=CLASSES) -> tuple[np.ndarray, np.ndarray]:
-    """Decode, pad and resize every image in parallel with tf.data; returns (uint8 [N,S,S,3], int32 [N])."""
+                classes=CLASSES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode, pad and resize every image in parallel with tf.data.
+
+    Returns (uint8 [N,S,S,3], int32 labels [N], float32 content boxes [N,4]).
+    """
     table = class_table(classes)
     ds = tf.data.Dataset.from_tensor_slices((tf.constant(jpegs, tf.string), tf.constant(class_names)))
-    ds = ds.map(lambda jpeg, name: (decode_pad_resize(jpeg, size, fast), table.lookup(name)),
+    ds = ds.map(lambda jpeg, name: (*decode_pad_resize_box(jpeg, size, fast), table.lookup(name)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    images, labels = [], []
-    for x, y in ds.batch(64).prefetch(tf.data.AUTOTUNE):
+    images, boxes, labels = [], [], []
+    for x, b, y in ds.batch(64).prefetch(tf.data.AUTOTUNE):
         images.append(x.numpy())
+        boxes.append(b.numpy())
         labels.append(y.numpy())
     if not images:
-        return np.zeros((0, size, size, 3), np.uint8), np.zeros((0,), np.int32)
-    return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+        return np.zeros((0, size, size, 3), np.uint8), np.zeros((0,), np.int32), np.zeros((0, 4), np.float32)
+    return np.concatenate(images), np.concatenate(labels).astype(np.int32), np.concatenate(boxes)
 
 
-def tensors_to_bytes(images: np.ndarray, labels: np.ndarray, filenames: list[str]) -> bytes:
-    """One split at one size as an uncompressed .npz (the bytes are already compact uint8)."""
+def tensors_to_bytes(images: np.ndarray, labels: np.ndarray, filenames: list[str],
+                     boxes: np.ndarray | None = None) -> bytes:
+    """One split at one size as an uncompressed .npz (the bytes are already compact uint8), with content boxes."""
     buf = io.BytesIO()
-    np.savez(buf, images=images, labels=labels, filenames=np.asarray(filenames, dtype=str))
+    extra = {} if boxes is None else {"boxes": boxes.astype(np.float32)}
+    np.savez(buf, images=images, labels=labels, filenames=np.asarray(filenames, dtype=str), **extra)
     return buf.getvalue()
 
 
 def tensors_from_bytes(data: bytes) -> dict[str, np.ndarray]:
+    """images, labels, filenames -- and boxes when the store was prepared since issue 13 (older stores lack it)."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {k: npz[k] for k in ("images", "labels", "filenames")}
+        return {k: npz[k] for k in ("images", "labels", "filenames", "boxes") if k in npz.files}
 
 
-def augment_batch(images: tf.Tensor, seed: tf.Tensor, variant: Variant) -> tf.Tensor:
-    """Random flip, rotation, zoom, crop and contrast, fused into ONE resampling pass.
-
-    float32 [B,S,S,3] in, float32 [B,S,S,3] out. Each image's flip, rotation about the centre, zoom about the
-    centre and random crop (resized back to S) are composed into one output->input affine map and applied by a
-    single bilinear `ImageProjectiveTransformV3` with constant zero fill, instead of one resampling per layer
-    (4 passes, the bulk of the input path's time at 224 px). The random draws are stateless, keyed by `seed`
-    (int64 [2]), so the map runs in parallel and is reproducible under op determinism. The distributions are
-    those of the Keras layers: flip p=0.5; angle U(-r, r) turns; zoom 1+U(-z, z) on both axes; crop of
-    round(S*(1-crop)) px at a uniform offset inside the image; contrast factor U(1-c, 1+c) around each image's mean.
-    """
-    a, size = variant.augment, variant.image_size
-    n = tf.shape(images)[0]
-    centre = (size - 1) / 2.0
-    ones, zeros = tf.ones([n]), tf.zeros([n])
-
-    def uniform(i, low, high):
-        return tf.random.stateless_uniform([n], seed=seed + [0, i], minval=low, maxval=high)
-
-    def affine(a0, a1, a2, b0, b1, b2):  # [n,3,3]: (x_in, y_in, 1) = M @ (x_out, y_out, 1)
-        return tf.stack([tf.stack([a0, a1, a2], -1), tf.stack([b0, b1, b2], -1),
-                         tf.stack([zeros, zeros, ones], -1)], 1)
-
-    matrix = tf.eye(3, batch_shape=[n])
-    if a.crop:  # output pixel x -> input x * scale + offset: a window of `side` px, resized back to `size`
-        side = round(size * (1 - a.crop))
-        scale = side / size
-        # The window's first sample lies at offset and its last at offset + (size - 1) * scale; both must be in
-        # [0, size - 1], or the border pixels blend with the zero fill.
-        low, high = 0.0, (size - 1) * (1 - scale)
-        dx, dy = uniform(3, low, high), uniform(4, low, high)
-        matrix = affine(ones * scale, zeros, dx, zeros, ones * scale, dy) @ matrix
-    if a.zoom:
-        z = 1.0 + uniform(2, -a.zoom, a.zoom)
-        matrix = affine(z, zeros, centre * (1 - z), zeros, z, centre * (1 - z)) @ matrix
-    if a.rotation:
-        angle = uniform(1, -a.rotation * 2 * np.pi, a.rotation * 2 * np.pi)
-        cos, sin = tf.cos(angle), tf.sin(angle)
-        matrix = affine(cos, -sin, centre - centre * cos + centre * sin,
-                        sin, cos, centre - centre * sin - centre * cos) @ matrix
-    if a.flip:
-        flip = tf.where(uniform(0, 0.0, 1.0) < 0.5, -1.0, 1.0)
-        matrix = affine(flip, zeros, (1 - flip) * centre, zeros, ones, zeros) @ matrix
-    if a.crop or a.zoom or a.rotation or a.flip:
-        transforms = tf.reshape(matrix, [n, 9])[:, :8]
-        images = tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=transforms, output_shape=[size, size], fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="CONSTANT")
-    if a.contrast:
-        factor = tf.reshape(uniform(5, 1 - a.contrast, 1 + a.contrast), [n, 1, 1, 1])
-        mean = tf.reduce_mean(images, axis=(1, 2), keepdims=True)
-        images = tf.clip_by_value((images - mean) * factor + mean, 0.0, 255.0)
-    return images
-
-
-def mixup(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """Blend each image and its one-hot label with another of the batch, weight ~ Beta(alpha, alpha).
-
-    Soft targets between classes regularise a small network trained on a few hundred photos. Stateless draws
-    keyed by the batch seed, like `augment_batch`, so a rerun reproduces them.
-    """
-    n = tf.shape(images)[0]
-    g1 = tf.random.stateless_gamma([n], seed=seed + [0, 7], alpha=alpha)
-    g2 = tf.random.stateless_gamma([n], seed=seed + [0, 8], alpha=alpha)
-    weight = g1 / (g1 + g2)
-    partner = tf.random.experimental.stateless_shuffle(tf.range(n), seed=seed + [0, 9])
-    w_images, w_labels = tf.reshape(weight, [-1, 1, 1, 1]), tf.reshape(weight, [-1, 1])
-    return (w_images * images + (1 - w_images) * tf.gather(images, partner),
-            w_labels * labels + (1 - w_labels) * tf.gather(labels, partner))
-
-
-def augment_and_mix(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, variant: Variant,
-                    num_classes: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """One training batch: uint8 images and label indices in, augmented float images and (soft) one-hot out."""
-    x = augment_batch(tf.cast(images, tf.float32), seed, variant)
-    y = tf.one_hot(labels, num_classes)
-    return mixup(x, y, seed, variant.augment.mixup) if variant.augment.mixup else (x, y)
+def batches_per_epoch(n: int, variant: Variant) -> int:
+    """Training batches per epoch: every image once, or the variant's `steps_per_epoch` cap."""
+    batches = -(-n // variant.batch_size)
+    return min(batches, variant.steps_per_epoch) if variant.steps_per_epoch else batches
 
 
 def input_pipeline(images: np.ndarray, labels: np.ndarray, variant: Variant, training: bool,
-                   num_classes: int = len(CLASSES)) -> tf.data.Dataset:
-    """(float32 images 0..255, one-hot labels) batches. Training batches are shuffled and augmented, seeded.
+                   first_epoch: int = 0, boxes: np.ndarray | None = None) -> tf.data.Dataset:
+    """uint8 image batches and int32 label indices; no per-image work here (`augment.AugmentingTrainer` does it).
 
-    Images stay 0..255: the CNN standardises each image in its first layer, MobileNetV3 rescales by itself,
-    so the saved model takes the same input `decode_pad_resize` produces.
+    Training: one stream of epochs `first_epoch`..`variant.epochs - 1`, each a permutation keyed to (seed,
+    epoch) cut into `batches_per_epoch` batches -- so a run resumed at epoch k sees exactly the batches the
+    uninterrupted run saw from epoch k on. Fit it with `steps_per_epoch=batches_per_epoch(...)`.
+    With `boxes` (content boxes, for frame-robust augmentation) training batches are ((images, boxes), labels).
+    Evaluation: the split in order.
     """
-    # No .cache(): the arrays are already in memory, and caching them copied every image once more.
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    if training:
-        ds = ds.shuffle(len(images), seed=variant.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(variant.batch_size)
-    if training:
-        # one seed per batch, different every epoch, reproducible from variant.seed
-        seeds = tf.data.Dataset.random(seed=variant.seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda xy, seed: augment_and_mix(xy[0], xy[1], seed, variant, num_classes),
-            num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    labels = labels.astype(np.int32)
+    if not training:
+        ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(variant.batch_size)
+        return ds.prefetch(tf.data.AUTOTUNE)
+    n, batches = len(labels), batches_per_epoch(len(labels), variant)
+    x, y = tf.constant(images), tf.constant(labels)  # captured by reference, not copied into the graph
+
+    def one_epoch(epoch):
+        key = tf.stack([tf.constant(variant.seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=key)
+        return tf.data.Dataset.from_tensor_slices(order).batch(variant.batch_size).take(batches)
+
+    ds = tf.data.Dataset.range(first_epoch, variant.epochs).flat_map(one_epoch)
+    if boxes is None:
+        return ds.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(tf.data.AUTOTUNE)
+    b = tf.constant(boxes, tf.float32)
+    return ds.map(lambda i: ((tf.gather(x, i), tf.gather(b, i)), tf.gather(y, i))).prefetch(tf.data.AUTOTUNE)

@@ -31,12 +31,13 @@ import numpy as np
 import tensorflow as tf
 
 from common import lease
+from common.augment import AugmentingTrainer, train_boxes
 from common.config import Sweep, Variant
 from common.data import SPLITS
 from common.errors import AquariumError, BadInput, Interrupted, TransientError
 from common.metrics import classification_metrics, cross_entropy
 from common.models import build_cnn, build_finetune, compile_model
-from common.pipeline import input_pipeline, tensors_from_bytes
+from common.pipeline import batches_per_epoch, input_pipeline, tensors_from_bytes
 from common.status import is_current, marker, stale_reason
 from common.store import Store, fetch_object, join
 
@@ -287,12 +288,13 @@ def check_trainable_layers(variant: Variant) -> None:
                        f"{total} layers of MobileNetV3Large: give at most {total}, or `all` to train every layer")
 
 
-def build_model(store: Store, variant: Variant, num_classes: int, workdir: Path):
+def build_net(store: Store, variant: Variant, num_classes: int, workdir: Path) -> keras.Model:
+    """The inference model the variant saves: the CNN, or MobileNetV3Large with its staged weights."""
     if variant.kind == "cnn":
-        return compile_model(build_cnn(variant, num_classes), variant)
+        return build_cnn(variant, num_classes)
     weights = resolve_weights(store, variant, workdir)
     try:
-        model = build_finetune(variant, num_classes, weights)
+        return build_finetune(variant, num_classes, weights)
     except Exception as e:  # keras.utils.get_file raises a bare Exception when the download fails
         if weights == "imagenet" and "URL fetch failure" in str(e):
             raise TransientError(
@@ -300,7 +302,13 @@ def build_model(store: Store, variant: Variant, num_classes: int, workdir: Path)
                 f" cluster upload the no-top weights file to the store once and set weights: s3://BUCKET/KEY"
             ) from None
         raise
-    return compile_model(model, variant)
+
+
+def build_model(store: Store, variant: Variant, num_classes: int, workdir: Path) -> AugmentingTrainer:
+    """The compiled trainer around the net: augmentation and mixup run inside its training step."""
+    net = build_net(store, variant, num_classes, workdir)
+    log.info("%s: precision %s, jit_compile %s", variant.name, net.dtype_policy.name, variant.jit_compile)
+    return compile_model(AugmentingTrainer(net, variant, num_classes), variant)
 
 
 def load_checkpoint(store: Store, prefix: str, variant: Variant, num_classes: int, workdir: Path):
@@ -330,7 +338,7 @@ def evaluate(model, data: Data, variant: Variant) -> tuple[dict, str]:
     metrics, rows = {"classes": data.classes}, []
     for split, key in (("valid", "val"), ("test", "test")):
         part = data.splits[split]
-        ds = input_pipeline(part["images"], part["labels"], variant, training=False, num_classes=len(data.classes))
+        ds = input_pipeline(part["images"], part["labels"], variant, training=False)
         probs = model.predict(ds, verbose=0) if len(part["labels"]) else np.zeros((0, len(data.classes)))
         predicted = probs.argmax(axis=1)
         result = classification_metrics(part["labels"], predicted, data.classes)
@@ -347,15 +355,19 @@ def evaluate(model, data: Data, variant: Variant) -> tuple[dict, str]:
 
 
 def fit(model, data: Data, variant: Variant, callbacks: list, initial_epoch: int):
-    """model.fit on the variant's input pipeline; the one place training happens (the benchmark calls it too)."""
+    """model.fit on the variant's input pipeline; the one place training happens (the benchmark calls it too).
+
+    The training stream starts at `initial_epoch`, so a resumed run gets the same batches as an uninterrupted one.
+    """
     n = len(data.classes)
-    train = input_pipeline(data.splits["train"]["images"], data.splits["train"]["labels"], variant, True, n)
-    if variant.steps_per_epoch:
-        train = train.take(variant.steps_per_epoch)
-    val = input_pipeline(data.splits["valid"]["images"], data.splits["valid"]["labels"], variant, False, n)
-    weights = class_weights(data.splits["train"]["labels"], n) if variant.class_weights else None
+    images, labels = data.splits["train"]["images"], data.splits["train"]["labels"]
+    boxes = train_boxes(data.splits["train"], variant, f"the {variant.image_size}px train tensors")
+    train = input_pipeline(images, labels, variant, True, first_epoch=initial_epoch, boxes=boxes)
+    val = input_pipeline(data.splits["valid"]["images"], data.splits["valid"]["labels"], variant, False)
+    weights = class_weights(labels, n) if variant.class_weights else None
     return model.fit(train, validation_data=val, epochs=variant.epochs, initial_epoch=initial_epoch,
-                     callbacks=callbacks, class_weight=weights, shuffle=False, verbose=2)
+                     steps_per_epoch=batches_per_epoch(len(labels), variant), callbacks=callbacks,
+                     class_weight=weights, shuffle=False, verbose=2)
 
 
 def _on_sigterm(signum, frame):
@@ -431,7 +443,7 @@ def write_config(store: Store, sweep: Sweep, variant: Variant, data: Data) -> No
 def publish(reporter: Reporter, model, predictions: str, metrics: dict) -> None:
     """Write the results in the order readers rely on: everything first, `_SUCCESS` (common.status.marker) last."""
     store, prefix, variant = reporter.store, reporter.prefix, reporter.variant
-    model.save(reporter.workdir / "model.keras")
+    model.net.save(reporter.workdir / "model.keras")  # the inference model: no training-step augmentation
     store.upload(join(prefix, "model.keras"), reporter.workdir / "model.keras")
     store.put_text(join(prefix, "predictions.csv"), predictions)
     store.put_json(join(prefix, "metrics.json"), metrics)

@@ -10,7 +10,8 @@ import tensorflow as tf
 from PIL import Image
 
 from common.config import Variant
-from common.pipeline import augment_batch, decode_pad_resize, input_pipeline
+from common.augment import augment_and_mix, augment_batch
+from common.pipeline import batches_per_epoch, decode_pad_resize, input_pipeline
 
 
 def jpeg(array: np.ndarray) -> bytes:
@@ -19,9 +20,9 @@ def jpeg(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def variant(**augment) -> Variant:
+def variant(epochs: int = 3, **augment) -> Variant:
     off = {"flip": False, "rotation": 0, "zoom": 0, "crop": 0, "contrast": 0}
-    return Variant(name="v", image_size=32, batch_size=8, augment={**off, **augment})
+    return Variant(name="v", image_size=32, batch_size=8, epochs=epochs, augment={**off, **augment})
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -58,25 +59,126 @@ def test_crop_stays_inside_the_image():
     assert np.allclose(out, 100.0, atol=1e-3)  # a crop resamples inside the image: no zero fill appears
 
 
-def test_training_pipeline_reproduces_with_the_seed_and_varies_by_epoch():
+def test_training_batches_are_uint8_permutations_keyed_to_seed_and_epoch():
     rng = np.random.default_rng(2)
-    x, y = rng.integers(0, 255, (24, 32, 32, 3)).astype(np.uint8), np.arange(24) % 7
-    v = variant(flip=True, rotation=0.1, zoom=0.1, crop=0.1, contrast=0.2)
-    first = [b[0].numpy() for b in input_pipeline(x, y, v, training=True)]
-    second = [b[0].numpy() for b in input_pipeline(x, y, v, training=True)]
-    assert all(np.array_equal(a, b) for a, b in zip(first, second))
-    ds = input_pipeline(x, y, v, training=True)
-    epoch1, epoch2 = [b[0].numpy() for b in ds], [b[0].numpy() for b in ds]
-    assert not np.array_equal(epoch1[0], epoch2[0])
+    x, y = rng.integers(0, 255, (20, 32, 32, 3)).astype(np.uint8), np.arange(20) % 7
+    v = variant(epochs=3)
+    steps = batches_per_epoch(20, v)
+    batches = list(input_pipeline(x, y, v, training=True))
+    assert steps == 3 and len(batches) == 3 * steps  # one stream of every epoch, epoch after epoch
+    assert all(b[0].dtype == tf.uint8 and b[1].dtype == tf.int32 for b in batches)  # no per-image work in tf.data
+    epochs = [np.concatenate([b[0].numpy() for b in batches[e * steps:(e + 1) * steps]]) for e in range(3)]
+    for images in epochs:  # each epoch shows every image once
+        assert sorted(map(bytes, images)) == sorted(map(bytes, x))
+    assert not np.array_equal(epochs[0], epochs[1])
+    again = list(input_pipeline(x, y, v, training=True))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(batches, again))
+    resumed = list(input_pipeline(x, y, v, training=True, first_epoch=2))  # a resume sees the same batches
+    assert len(resumed) == steps and all(np.array_equal(a[0], b[0]) for a, b in zip(batches[2 * steps:], resumed))
     plain = next(iter(input_pipeline(x, y, v, training=False)))
-    assert np.array_equal(plain[0].numpy(), x[:8].astype(np.float32))  # evaluation is never augmented
+    assert np.array_equal(plain[0].numpy(), x[:8])  # evaluation is never shuffled
 
 
 def test_mixup_gives_soft_labels_of_at_most_two_classes():
     rng = np.random.default_rng(3)
     x, y = rng.integers(0, 255, (32, 32, 32, 3)).astype(np.uint8), np.arange(32) % 7
-    soft = np.concatenate([b[1].numpy() for b in input_pipeline(x, y, variant(mixup=0.4), training=True)])
+    seed = tf.constant([5, 9], tf.int64)
+    soft = augment_and_mix(x, y, seed, variant(mixup=0.4), 7)[1].numpy()
     assert np.allclose(soft.sum(axis=1), 1.0, atol=1e-5)
     assert ((soft > 1e-6).sum(axis=1) <= 2).all() and (soft.max(axis=1) < 0.999).any()
-    hard = np.concatenate([b[1].numpy() for b in input_pipeline(x, y, variant(), training=True)])
+    hard = augment_and_mix(x, y, seed, variant(), 7)[1].numpy()
     assert set(np.unique(hard)) == {0.0, 1.0}
+
+
+def test_trainer_augments_only_in_training_and_saves_the_plain_net(tmp_path):
+    """The step sees augmented images; predict and the saved model see decode_pad_resize output as is."""
+    import keras
+
+    from common.augment import AugmentingTrainer
+    from common.models import build_cnn, compile_model
+
+    v = variant(epochs=1, flip=True, rotation=0.1, contrast=0.2, mixup=0.2).model_copy(
+        update={"filters": [4, 4, 4], "dense_units": 4})
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 255, (16, 32, 32, 3)).astype(np.uint8), np.arange(16) % 7
+    trainer = compile_model(AugmentingTrainer(build_cnn(v, 7), v, 7), v)
+    trainer.fit(input_pipeline(x, y, v, True), steps_per_epoch=batches_per_epoch(16, v), verbose=0)
+    assert int(trainer.optimizer.iterations) == 2
+    trainer.net.save(tmp_path / "model.keras")
+    saved = keras.models.load_model(tmp_path / "model.keras")
+    assert saved.input_shape == (None, 32, 32, 3) and not isinstance(saved, AugmentingTrainer)
+    expected = trainer.predict(input_pipeline(x, y, v, False), verbose=0)
+    assert np.allclose(saved.predict(x.astype(np.float32), verbose=0), expected, atol=1e-6)
+
+
+def letterboxed(n: int = 8, size: int = 32) -> tuple[tf.Tensor, tf.Tensor]:
+    """n photos of plain grey 100 in a wide frame: black bars on rows 0-7 and 24-31, content box [0.25,0,0.75,1]."""
+    images = np.zeros((n, size, size, 3), np.float32)
+    images[:, 8:24] = 100.0
+    return tf.constant(images), tf.constant([[0.25, 0.0, 0.75, 1.0]] * n, tf.float32)
+
+
+def test_content_box_is_where_the_photo_lies_in_its_padded_square():
+    from common.pipeline import decode_pad_resize_box, materialise
+
+    wide = np.full((30, 60, 3), 200, np.uint8)
+    image, box = decode_pad_resize_box(tf.constant(jpeg(wide)), 32, fast=False)
+    assert np.allclose(box.numpy(), [0.25, 0.0, 0.75, 1.0])
+    assert image.numpy()[2, 16].max() < 10 and image.numpy()[16, 16].min() > 190  # bar above, photo inside
+    _, _, boxes = materialise([jpeg(wide), jpeg(wide.transpose(1, 0, 2).copy())], ["fish", "shark"], 32)
+    assert np.allclose(boxes, [[0.25, 0, 0.75, 1], [0, 0.25, 1, 0.75]])
+
+
+def test_frame_refill_changes_only_the_bars_and_varies_the_fill():
+    images, boxes = letterboxed(16)
+    v = variant(frame=1.0)
+    out = augment_batch(images, tf.constant([1, 2], tf.int64), v, boxes).numpy()
+    assert np.allclose(out[:, 8:24], 100.0)  # the photo is untouched
+    bars = out[:, :8].reshape(16, -1)
+    assert (bars.max(axis=1) > 1.0).all()  # no image keeps its black bars
+    assert len({round(float(b.mean())) for b in bars}) > 2 and (bars.std(axis=1) > 30).any()  # colours, noise
+    again = augment_batch(images, tf.constant([1, 2], tf.int64), v, boxes).numpy()
+    assert np.array_equal(out, again)
+
+
+def test_content_crop_removes_the_bars_and_border_adds_a_frame():
+    images, boxes = letterboxed()
+    cropped = augment_batch(images, tf.constant([3, 4], tf.int64), variant(content_crop=1.0), boxes).numpy()
+    assert np.allclose(cropped, 100.0, atol=1e-3)  # a square inside the photo: no bar pixel left
+    framed = augment_batch(tf.fill([8, 32, 32, 3], 100.0), tf.constant([3, 4], tf.int64), variant(border=1.0))
+    framed = framed.numpy()
+    assert (np.abs(framed[:, 0, 0] - 100.0).max(axis=1) > 1.0).all()  # every corner pixel is a border colour
+    assert np.allclose(framed[:, 16, 16], 100.0)  # the centre is not
+
+
+def test_frame_options_refuse_tensors_without_content_boxes():
+    from common.augment import train_boxes
+    from common.errors import BadInput
+
+    old_store_split = {"images": np.zeros((2, 32, 32, 3), np.uint8), "labels": np.zeros(2, np.int32)}
+    assert train_boxes(old_store_split, variant(), "train") is None  # no frame options: old stores still train
+    with pytest.raises(BadInput, match="rerun `aquarium prepare --force`"):
+        train_boxes(old_store_split, variant(frame=0.5), "the 32px train tensors")
+
+
+def test_mixed_precision_trains_with_float32_softmax_and_auto_follows_the_hardware():
+    import keras
+
+    from common.augment import AugmentingTrainer
+    from common.models import build_cnn, compile_model, cpu_has_bf16, resolve_precision
+
+    if not tf.config.list_physical_devices("GPU"):
+        assert resolve_precision("auto") == ("mixed_bfloat16" if cpu_has_bf16() else "float32")
+    assert resolve_precision("mixed_float16") == "mixed_float16"
+    v = variant(epochs=1, flip=True).model_copy(update={"filters": [4, 4, 4], "dense_units": 4,
+                                                         "precision": "mixed_bfloat16"})
+    x, y = np.random.default_rng(5).integers(0, 255, (8, 32, 32, 3)).astype(np.uint8), np.arange(8) % 7
+    try:
+        trainer = compile_model(AugmentingTrainer(build_cnn(v, 7), v, 7), v)
+        trainer.fit(input_pipeline(x, y, v, True), steps_per_epoch=1, verbose=0)
+        assert trainer.net.get_layer("conv1").compute_dtype == "bfloat16"
+        assert trainer.net.get_layer("standardize").compute_dtype == "float32"
+        probs = trainer.predict(x, verbose=0)
+        assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    finally:
+        keras.config.set_dtype_policy("float32")

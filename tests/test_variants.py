@@ -162,10 +162,15 @@ def _wait_for_epoch(store, prefix, epoch, proc, timeout=300):
     raise AssertionError(f"epoch {epoch} not reached")
 
 
-def test_killed_variant_resumes_from_its_last_epoch(prepared, tmp_path):
+def test_killed_variant_resumes_exactly_as_the_uninterrupted_run(prepared, tmp_path):
+    """SIGKILL after epoch 3, resume: history, final weights and optimizer state equal an uninterrupted run's,
+    bit for bit -- shuffle, augmentation, mixup and dropout are keyed to (seed, epoch/step), not to the process."""
     uri, env = prepared
     epochs, steps = 8, 3
-    config = spec(tmp_path, **{"cnn-a": {"epochs": epochs, "steps_per_epoch": steps, "early_stopping_patience": 50}})
+    cnn_a = {"epochs": epochs, "steps_per_epoch": steps, "early_stopping_patience": 50,
+             "augment": {"contrast": 0.2, "mixup": 0.2, "frame": 0.5, "border": 0.3, "content_crop": 0.3},
+             "dropout": 0.3}
+    config = spec(tmp_path, **{"cnn-a": cnn_a})
     sweep = load_sweep(config)
     store = open_env_store(uri, env)
     prefix = sweep.variant_prefix("cnn-a")
@@ -176,7 +181,7 @@ def test_killed_variant_resumes_from_its_last_epoch(prepared, tmp_path):
     proc.wait()
     state = store.get_json(f"{prefix}/checkpoint/state.json")
     killed_at = state["epoch"]
-    assert store.is_complete(prefix) is None
+    assert store.is_complete(prefix) is None and killed_at < epochs
     before = state["history"]
 
     resumed = aquarium("train-variant", "--config", config, "--variant", "cnn-a", "--store", uri, env=env)
@@ -186,12 +191,24 @@ def test_killed_variant_resumes_from_its_last_epoch(prepared, tmp_path):
     assert [int(r["epoch"]) for r in history] == list(range(1, epochs + 1))  # no epoch lost or repeated
     assert [float(r["loss"]) for r in history[:killed_at]] == pytest.approx([r["loss"] for r in before])
 
-    # the optimizer state came back too: its step counter covers every epoch, not just the resumed ones
+    # the same variant (same config hash) under another sweep name, never interrupted
+    plain_config = spec(tmp_path, **{"cnn-a": cnn_a})
+    plain_prefix = load_sweep(plain_config).variant_prefix("cnn-a")
+    plain = aquarium("train-variant", "--config", plain_config, "--variant", "cnn-a", "--store", uri, env=env)
+    assert plain.returncode == 0, plain.stderr
+    assert store.get_text(f"{prefix}/history.csv") == store.get_text(f"{plain_prefix}/history.csv")
+    assert store.get_text(f"{prefix}/predictions.csv") == store.get_text(f"{plain_prefix}/predictions.csv")
+
+    # final weights and optimizer state: equal, and the step counter covers every epoch
     from common.train import load_checkpoint
 
-    model, last = load_checkpoint(store, prefix, sweep.variant("cnn-a"), len(CLASSES), tmp_path)
-    assert last["epoch"] == epochs
-    assert int(model.optimizer.iterations) == epochs * steps
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    model, last = load_checkpoint(store, prefix, sweep.variant("cnn-a"), len(CLASSES), tmp_path / "a")
+    other, _ = load_checkpoint(store, plain_prefix, sweep.variant("cnn-a"), len(CLASSES), tmp_path / "b")
+    assert last["epoch"] == epochs and int(model.optimizer.iterations) == epochs * steps
+    for a, b in zip(model.get_weights() + model.optimizer.variables, other.get_weights() + other.optimizer.variables,
+                    strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_sigterm_saves_progress_and_exits_143(prepared, tmp_path):

@@ -218,7 +218,7 @@ def _write_tensors(store: Store, prefix: str, items, size: int, fast: bool, fing
     base = join(prefix, "tensors", str(size))
     items = _ordered(items)
     # One materialise call for all splits: each call traces the decode graph again (~0.2 s).
-    images, ids = materialise([i.jpeg for i in items], [i.label for i in items], size, fast)
+    images, ids, boxes = materialise([i.jpeg for i in items], [i.label for i in items], size, fast)
     if (ids < 0).any():
         raise BadInput(f"{store.url(join(prefix, 'labels.csv'))} has a label outside {list(CLASSES)}: "
                        "rerun prepare with --force")
@@ -226,7 +226,7 @@ def _write_tensors(store: Store, prefix: str, items, size: int, fast: bool, fing
     for split in SPLITS:
         rows = np.array([k for k, i in enumerate(items) if i.split == split], dtype=np.int64)
         store.put_bytes(join(base, f"{split}.npz"),
-                        tensors_to_bytes(images[rows], ids[rows], [items[k].filename for k in rows]))
+                        tensors_to_bytes(images[rows], ids[rows], [items[k].filename for k in rows], boxes[rows]))
         counts[split] = len(rows)
     store.mark_complete(base, {"fingerprint": fingerprint, "size": size, "fast": fast, "images": counts})
     log(f"  tensors {size} px: {counts} ({time.monotonic() - t:.1f} s, {'fast' if fast else 'full'} decode)")
