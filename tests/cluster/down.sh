@@ -77,7 +77,14 @@ ip netns del "$NETNS" 2>/dev/null
 
 # 8. Folders: the ones made on the host, the kubelet's, and the state (pids, certs, logs, etcd tmpfs).
 if [ -f "$STATE/created-paths" ]; then
-  while read -r p; do [ -n "$p" ] && rm -rf --one-file-system "$p"; done <"$STATE/created-paths"
+  while read -r p; do
+    [ -n "$p" ] && [ -e "$p" ] || continue
+    if mountpoint -q "$p"; then  # /run/netns: `ip netns add` bind-mounts it; leave it if someone else uses it now
+      [ -z "$(ls -A "$p")" ] && umount "$p" && rmdir "$p"
+    else
+      rm -rf --one-file-system "$p"
+    fi
+  done <"$STATE/created-paths"
 fi
 rm -rf --one-file-system "$KUBELET_ROOT" "$DATA/cni" "$STATE"
 
