@@ -210,7 +210,8 @@ wait_for kubelet 120 kubectl wait --for condition=Ready "node/$NODE" --timeout 1
 
 # 11. One GPU on the node (status capacity; the kubelet keeps extended resources it does not manage), so the
 #     scheduler places GPU variants; the default ServiceAccount (pods need it) comes from the controller manager.
-kubectl patch node "$NODE" --subresource status --type merge -p '{"status":{"capacity":{"nvidia.com/gpu":"1"}}}' >/dev/null
+kubectl patch node "$NODE" --subresource status --type merge \
+  -p '{"status":{"capacity":{"nvidia.com/gpu":"1"},"allocatable":{"nvidia.com/gpu":"1"}}}' >/dev/null
 wait_for kube-controller-manager 60 kubectl get serviceaccount default -n default
 # 12. Optionally the S3 test server (moto) on the node address, where pods and the host reach it.
 if [ -n "${AQK8S_S3_SERVER:-}" ]; then
