@@ -77,12 +77,17 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster():
     """up.sh once (binaries from the cache or built, image built and imported); down.sh after this module, so the
-    rest of `make test` does not share the CPUs with an idle control plane."""
+    rest of `make test` does not share the CPUs with an idle control plane. AQK8S_REUSE=1 uses a cluster that
+    `make cluster-up` started and leaves it running."""
     if os.geteuid() != 0:
         _unavailable("needs root (network namespace, containerd, kubelet)")
     for tool in ("go", "containerd", "runc", "docker", "nsenter", "openssl"):
         if not shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/local/go/bin:/usr/sbin"):
             _unavailable(f"{tool} not found: run .ci/cluster-setup.sh and .ci/docker-setup.sh")
+    reuse = Path("/run/aqk8s/admin.kubeconfig")
+    if os.environ.get("AQK8S_REUSE") and reuse.is_file():  # a cluster from `make cluster-up`: use it, leave it up
+        yield Cluster(str(reuse))
+        return
     moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
     env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/local/go/bin", "AQK8S_S3_SERVER": moto}
     t0 = time.monotonic()

@@ -101,6 +101,7 @@ start kube-apiserver "$BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 
   --authorization-mode Node,RBAC --client-ca-file "$P/ca.crt" \
   --tls-cert-file "$P/apiserver.crt" --tls-private-key-file "$P/apiserver.key" \
   --kubelet-client-certificate "$P/apiserver-kubelet.crt" --kubelet-client-key "$P/apiserver-kubelet.key" \
+  --kubelet-preferred-address-types InternalIP \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "$P/sa.pub" --service-account-signing-key-file "$P/sa.key" \
   --service-cluster-ip-range "$SERVICE_RANGE" --endpoint-reconciler-type none --profiling=false
@@ -128,6 +129,7 @@ state = "$STATE/containerd"
   sandbox_image = "docker.io/$PAUSE_IMAGE"
   stream_server_address = "127.0.0.1"
   disable_apparmor = true
+  restrict_oom_score_adj = true  # no CAP_SYS_RESOURCE here: the -998 of sandboxes would make runc fail to start
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
