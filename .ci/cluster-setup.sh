@@ -31,8 +31,10 @@ command -v go >/dev/null 2>&1 || die "Go is not installed: install Go >= 1.26 (h
 gov=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
 [ "$(printf '%s\n1.26\n' "${gov%%[a-z]*}" | sort -V | head -1)" = "1.26" ] \
   || die "Go $gov is too old: install Go >= 1.26 (https://go.dev/dl)"
-case "$(go env GOTOOLCHAIN)" in
-  local*) die "GOTOOLCHAIN=$(go env GOTOOLCHAIN) forbids the newer toolchain Kubernetes may need: set GOTOOLCHAIN=auto" ;;
+# build.sh runs with GOTOOLCHAIN=auto unless it is set: a newer toolchain, if Kubernetes' go.mod asks for one,
+# then comes from the Go proxy. An explicit `local` forbids that.
+case "${GOTOOLCHAIN:-auto}" in
+  local*) die "GOTOOLCHAIN=$GOTOOLCHAIN forbids the newer toolchain Kubernetes may need: unset it or set GOTOOLCHAIN=auto" ;;
 esac
 
 # -- 3. Kubernetes binaries ---------------------------------------------------------------------------------------
