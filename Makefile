@@ -12,7 +12,7 @@ TF_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev
 AQUARIUM_ZIP ?= $(wildcard ../shared/datasets/aquarium-tfcsv.zip)
 export AQUARIUM_ZIP
 
-.PHONY: install sweep smoke test test-fast bench lock clean
+.PHONY: install sweep smoke test test-fast test-cluster cluster-up cluster-down bench lock clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,16 @@ test: install  ## the whole test suite (real S3 server, real training, Docker an
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -ra -m 'not docker and not browser and not realdata' $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -ra -m 'not docker and not browser and not realdata and not cluster' $(PYTEST_ARGS)
+
+test-cluster: install  ## only the real-Kubernetes tests: build/reuse v1.37.2, bring a cluster up, test, tear down
+	$(BIN)/python -m pytest -ra -m cluster $(PYTEST_ARGS)
+
+cluster-up: install  ## start the test cluster (and an S3 server at 198.18.0.1:9000) and leave it running
+	AQK8S_S3_SERVER=$(abspath $(BIN))/moto_server bash tests/cluster/up.sh
+
+cluster-down:  ## stop the test cluster and restore the host
+	bash tests/cluster/down.sh
 
 bench: install  ## every benchmark under bench/ (needs AQUARIUM_ZIP)
 	for f in bench/bench_*.py; do $(BIN)/python $$f || exit 1; done
