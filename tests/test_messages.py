@@ -3,9 +3,14 @@ The duplicate-variant and bad-row messages are tested beside their features (tes
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 
-from helpers import aquarium
+from helpers import ROOT, aquarium
 
 
 def test_predict_with_a_file_that_is_not_a_keras_model(tmp_path):
@@ -22,3 +27,21 @@ def test_predict_with_a_file_that_is_not_a_keras_model(tmp_path):
         assert run.returncode == 2 and len(lines) == 1, run.stderr
         assert lines[0].startswith(f"error: file://{model} {words}") and len(lines[0]) < 220, lines[0]
         assert "File not found" not in lines[0]
+
+
+def test_sigterm_as_pid_1_before_training_starts_ends_the_command(tmp_path):
+    """In a pod `aquarium` is PID 1, which the kernel only signals through a handler: a SIGTERM that arrives while
+    the command is still importing must end it (143), not be dropped until the grace period runs out."""
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(f"name: t\nstore: file://{tmp_path}/store\ndataset: {{source: {tmp_path}/none.zip}}\n"
+                    "variants:\n  - {name: a, epochs: 1}\n")
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-m", "jobs.cli",
+                             "train-variant", "--config", str(spec), "--variant", "a"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = []
+    while not child:  # PID 1 of the new namespace, as seen from here
+        time.sleep(0.2)
+        child = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    time.sleep(0.5)  # the command is importing click, TensorFlow...: no training handler yet
+    os.kill(int(child[0]), signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, proc.stderr.read().decode()[-300:]
