@@ -33,10 +33,17 @@ MACRO = ("precision", "recall", "specificity", "f1")
 HEADINGS = {
     "rank": "#", "variant": "variant", "kind": "kind", "layers": "layers", "lr_factor": "LR factor",
     "lr_patience": "LR patience", "best_epoch": "best epoch", "val_accuracy": "val acc",
+    "robustness": "robustness", "robustness_trimmed": "robustness (trimmed)",
     "test_accuracy": "test acc", "test_precision": "precision", "test_recall": "recall (sensitivity)",
     "test_specificity": "specificity", "test_f1": "F1", "state": "state", "error": "error",
 }
 TEXT_COLUMNS = ("variant", "kind", "layers", "state", "error")  # left-aligned in the terminal; numbers go right
+ROBUSTNESS = ("Robustness: how often the model keeps its answer on a validation photo when the photo comes "
+              "letterboxed, framed, cropped, mirrored, half-size or re-encoded (mean agreement over those "
+              "copies; predict's border trimming off, so the model itself; \"trimmed\": with it on).")
+# per-copy table of the best model: robustness() key -> heading
+COPY_HEADINGS = {"copy": "copy", "agreement": "agreement", "accuracy": "accuracy",
+                 "trimmed_agreement": "agreement (trimmed)", "trimmed_accuracy": "accuracy (trimmed)"}
 
 
 class NoFinishedVariants(AquariumError):
@@ -143,8 +150,9 @@ def layers_label(v: Variant) -> str:
     return str(v.conv_layers) if v.kind == "cnn" else f"MobileNetV3L/{v.trainable_layers} trainable"
 
 
-def leaderboard(results: list[VariantResult]) -> pd.DataFrame:
-    """One row per variant: finished ones ranked by the selection rule, then the others in spec order."""
+def leaderboard(results: list[VariantResult], robust: dict | None = None) -> pd.DataFrame:
+    """One row per variant: finished ones ranked by the selection rule, then the others in spec order. With
+    `robust` (`robustness.measure_variants`), the robustness columns beside validation accuracy."""
     ranked = sorted((r for r in results if r.finished), key=selection_key)
     others = [r for r in results if not r.finished]
     rows = []
@@ -160,6 +168,10 @@ def leaderboard(results: list[VariantResult]) -> pd.DataFrame:
             "state": r.state, "error": r.error,
         })
     df = pd.DataFrame(rows)
+    if robust is not None:
+        measured = robust.get("variants", {})
+        df["robustness"] = [_num((measured.get(v) or {}).get("agreement")) for v in df["variant"]]
+        df["robustness_trimmed"] = [_num((measured.get(v) or {}).get("trimmed_agreement")) for v in df["variant"]]
     df["rank"] = df["rank"].astype("Int64")
     df["best_epoch"] = pd.to_numeric(df["best_epoch"], errors="coerce").astype("Int64")
     return df
@@ -318,6 +330,29 @@ def _cell(col: str, value) -> str:
     return str(value)
 
 
+def copy_rows(result: dict) -> list[dict]:
+    """The best model's per-copy table: the originals first (accuracy only), then each kind of copy."""
+    if not result.get("copies"):
+        return []
+    rows = [{"copy": f"originals ({result['images']} validation photos)", "accuracy": result["accuracy"]}]
+    rows += [{"copy": name, **row} for name, row in result["copies"].items()]
+    rows.append({"copy": "mean over the copies", "agreement": result["agreement"],
+                 "trimmed_agreement": result["trimmed_agreement"]})
+    return [{k: _cell(k, row.get(k)) for k in COPY_HEADINGS} for row in rows]
+
+
+def robustness_text(summary: dict) -> str:
+    """One line on the best model's robustness, or why it was not measured."""
+    robust, name = summary["robustness"], summary["best"]["variant"]
+    if robust.get("note"):
+        return robust["note"]
+    best = (robust.get("variants") or {}).get(name) or {}
+    if "agreement" not in best:
+        return f"robustness of {name}: {best.get('error', 'not measured')}"
+    return (f"robustness of {name}: agreement {best['agreement']:.3f} (lowest {best['min_agreement']:.3f}) "
+            f"with trimming off, {best['trimmed_agreement']:.3f} with trimming on")
+
+
 def markdown_table(board: pd.DataFrame) -> str:
     cols = columns(board)
     lines = ["| " + " | ".join(HEADINGS[c] for c in cols) + " |", "|" + "---|" * len(cols)]
@@ -336,6 +371,20 @@ def html_table(board: pd.DataFrame, best: str) -> str:
         body.append(f'<tr class="{cls}" data-variant="{html.escape(row["variant"])}">{cells}</tr>')
     return (f'<div class="scroll"><table id="leaderboard"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def robustness_html(summary: dict) -> str:
+    """The robustness section: the best model's line and its per-copy table (or why nothing was measured)."""
+    esc = html.escape
+    best = summary["best"]["variant"]
+    rows = copy_rows((summary["robustness"].get("variants") or {}).get(best) or {})
+    head = "".join(f"<th>{esc(h)}</th>" for h in COPY_HEADINGS.values())
+    body = "".join("<tr>" + "".join(f'<td class="{k}">{esc(row[k])}</td>' for k in COPY_HEADINGS) + "</tr>"
+                   for row in rows)
+    table_html = (f'<div class="scroll"><table id="robustness"><thead><tr>{head}</tr></thead><tbody>{body}'
+                  "</tbody></table></div>") if rows else ""
+    return (f"<section><h2>Robustness to the frame</h2><p>{esc(robustness_text(summary))}</p>{table_html}"
+            f"<p class='note'>{esc(ROBUSTNESS)} Accuracy: against the true class.</p></section>")
 
 
 CSS = """
@@ -390,6 +439,7 @@ def render_html(summary: dict, board: pd.DataFrame, results: list[VariantResult]
         "ranking uses validation only.</p>",
         _img("accuracy.png", images, "validation and test accuracy per variant"),
         f"<h3>Not finished</h3><ul>{missing}</ul>" if missing else "", "</section>",
+        robustness_html(summary),
     ]
     for r in results:
         body = "".join(_img(f, images, f) for f in
@@ -410,7 +460,13 @@ def render_markdown(summary: dict, board: pd.DataFrame, results: list[VariantRes
              "", f"**Best: {best['variant']}** -- validation accuracy {best['val_accuracy']:.3f}, "
              f"test accuracy {best['test_accuracy']:.3f}. Chosen by {CHOSEN_BY}.", "",
              "## Leaderboard", "", markdown_table(board), "",
-             "Precision, recall, specificity and F1: macro averages on the test split.", ""]
+             "Precision, recall, specificity and F1: macro averages on the test split.", "",
+             "## Robustness to the frame", "", robustness_text(summary), ""]
+    rows = copy_rows((summary["robustness"].get("variants") or {}).get(best["variant"]) or {})
+    if rows:
+        lines += ["| " + " | ".join(COPY_HEADINGS.values()) + " |", "|" + "---|" * len(COPY_HEADINGS)]
+        lines += ["| " + " | ".join(row[k] for k in COPY_HEADINGS) + " |" for row in rows] + [""]
+    lines += [ROBUSTNESS, ""]
     for name in ("accuracy.png", "best_per_class.png"):
         if name in images:
             lines += [f"![{name}]({name})", ""]
@@ -450,7 +506,7 @@ def copy_best(store: Store, sweep: Sweep, best: VariantResult) -> str:
 
 
 def summarise(sweep: Sweep, store: Store, results: list[VariantResult], best: VariantResult,
-              board: pd.DataFrame) -> dict:
+              board: pd.DataFrame, robust: dict) -> dict:
     """report.json: the leaderboard as records plus the choice and what is missing."""
     records = board.astype(object).where(board.notna(), None).to_dict("records")
     return {
@@ -462,15 +518,16 @@ def summarise(sweep: Sweep, store: Store, results: list[VariantResult], best: Va
         "best_prefix": join(sweep.prefix, "best"),
         "dataset_fingerprint": best.config.get("dataset_fingerprint"),
         "not_finished": [{"variant": r.name, "state": r.state, "error": r.error} for r in results if not r.finished],
-        "leaderboard": records,
+        "leaderboard": records, "robustness": robust,
     }
 
 
-def write_report(store: Store, sweep: Sweep, results: list[VariantResult], best: VariantResult) -> dict:
+def write_report(store: Store, sweep: Sweep, results: list[VariantResult], best: VariantResult,
+                 robust: dict) -> dict:
     """report.html, report.md, leaderboard.csv, report.json and the PNGs under `<sweep>/report/`, `_SUCCESS` last."""
     prefix = join(sweep.prefix, "report")
-    board = leaderboard(results)
-    summary = summarise(sweep, store, results, best, board)
+    board = leaderboard(results, robust)
+    summary = summarise(sweep, store, results, best, board, robust)
     images = pictures(results, best, board)
     store.delete_prefix(prefix)  # a stale report (and its _SUCCESS) must never sit next to a new one
     for name, data in images.items():
@@ -484,9 +541,13 @@ def write_report(store: Store, sweep: Sweep, results: list[VariantResult], best:
 
 
 def aggregate(store: Store, sweep: Sweep) -> tuple[dict, pd.DataFrame]:
-    """The aggregate job: collect, choose on validation, copy the best model, write the report."""
+    """The aggregate job: collect, choose on validation, copy the best model, measure robustness, write the report."""
+    from common.robustness import measure_variants  # TensorFlow: only once there is something to measure
+
     results = collect(store, sweep)
     best = choose_best(results)
     copy_best(store, sweep, best)
-    summary = write_report(store, sweep, results, best)
-    return summary, leaderboard(results)
+    robust = measure_variants(store, sweep.dataset.prefix,
+                              {r.name: sweep.variant_prefix(r.name) for r in results if r.finished})
+    summary = write_report(store, sweep, results, best, robust)
+    return summary, leaderboard(results, robust)

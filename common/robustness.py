@@ -12,14 +12,20 @@ one from a Keras model and its input size; `ensemble_classifier` averages severa
 
 from __future__ import annotations
 
+import csv
 import io
+import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from common.errors import BadInput
+from common.store import Store, join
 
+NOT_MEASURED = "robustness: not measured (re-run `aquarium prepare --force` to keep the validation photos)"
 Classifier = Callable[[Sequence[bytes], bool], np.ndarray]
 Transform = Callable[[Image.Image], Image.Image]
 QUALITY = 92  # JPEG quality of a framed copy: what an editing tool writes; "reencode-q50" tests quality itself
@@ -101,21 +107,93 @@ def robustness(classify: Classifier, jpegs: Sequence[bytes], labels: Sequence[in
     trimming off, "trimmed_agreement"/"trimmed_min_agreement": the same with trimming on}. The reference answers
     are those on the originals with trimming off, i.e. exactly as `prepare` preprocessed the training photos.
     """
-    if not len(jpegs) or len(jpegs) != len(labels):
-        raise BadInput(f"robustness needs photos and one label each (got {len(jpegs)} photos, {len(labels)} labels)")
-    labels = np.asarray(labels)
-    reference = classify(jpegs, False).argmax(axis=1)
-    result = {"images": len(jpegs), "accuracy": float(np.mean(reference == labels)), "copies": {}}
-    for name, (transform, quality) in (COPIES if copies is None else copies).items():
+    return robustness_of({"model": (classify, labels)}, jpegs, copies)["model"]
+
+
+def robustness_of(models: dict[str, tuple[Classifier, Sequence[int]]], jpegs: Sequence[bytes],
+                  copies: dict[str, tuple[Transform, int]] | None = None) -> dict[str, dict]:
+    """`robustness` of several models (name -> (classifier, labels in its class order)) on the same photos.
+
+    Copy-major: each kind of copy is made once for all models and dropped before the next, so the cost of
+    making copies and the memory they take do not grow with the number of models.
+    """
+    results, references = {}, {}
+    for name, (classify, labels) in models.items():
+        if not len(jpegs) or len(jpegs) != len(labels):
+            raise BadInput(f"robustness needs photos and one label each (got {len(jpegs)} photos, "
+                           f"{len(labels)} labels)")
+        references[name] = classify(jpegs, False).argmax(axis=1)
+        results[name] = {"images": len(jpegs), "accuracy": float(np.mean(references[name] == np.asarray(labels))),
+                         "copies": {}}
+    for copy, (transform, quality) in (COPIES if copies is None else copies).items():
         framed = [framed_copy(j, transform, quality) for j in jpegs]
-        row = {}
-        for prefix, trim in (("", False), ("trimmed_", True)):
-            predicted = classify(framed, trim).argmax(axis=1)
-            row[f"{prefix}accuracy"] = float(np.mean(predicted == labels))
-            row[f"{prefix}agreement"] = float(np.mean(predicted == reference))
-        result["copies"][name] = row
-    for prefix in ("", "trimmed_"):
-        values = [row[f"{prefix}agreement"] for row in result["copies"].values()]
-        result[f"{prefix}agreement"] = float(np.mean(values)) if values else 1.0
-        result[f"{prefix}min_agreement"] = float(np.min(values)) if values else 1.0
-    return result
+        for name, (classify, labels) in models.items():
+            row = {}
+            for prefix, trim in (("", False), ("trimmed_", True)):
+                predicted = classify(framed, trim).argmax(axis=1)
+                row[f"{prefix}accuracy"] = float(np.mean(predicted == np.asarray(labels)))
+                row[f"{prefix}agreement"] = float(np.mean(predicted == references[name]))
+            results[name]["copies"][copy] = row
+    for result in results.values():
+        for prefix in ("", "trimmed_"):
+            values = [row[f"{prefix}agreement"] for row in result["copies"].values()]
+            result[f"{prefix}agreement"] = float(np.mean(values)) if values else 1.0
+            result[f"{prefix}min_agreement"] = float(np.min(values)) if values else 1.0
+    return results
+
+
+# ---------------------------------------------------------------- a sweep's variants, for `aggregate`
+
+def validation_photos(store: Store, data_prefix: str) -> list[tuple[str, bytes]] | None:
+    """(class, original JPEG) of every validation photo `prepare` keeps under `images/valid/<class>/`; None when
+    the store lacks them (a dataset prepared before they were kept, or a store without a dataset)."""
+    try:
+        table = store.get_text(join(data_prefix, "labels.csv"))
+        rows = [r for r in csv.DictReader(io.StringIO(table)) if r.get("split") == "valid"]
+        with ThreadPoolExecutor(8) as pool:
+            blobs = list(pool.map(lambda r: store.get_bytes(
+                join(data_prefix, "images", "valid", r["label"], r["filename"])), rows))
+    except KeyError:
+        return None
+    return [(r["label"], blob) for r, blob in zip(rows, blobs)] or None
+
+
+def load_variant(store: Store, variant_prefix: str):
+    """A finished variant's model and classes, loaded and checked the way `predict` loads any model."""
+    from common.predict import load
+
+    with tempfile.TemporaryDirectory(prefix="aquarium-robustness-") as tmp:
+        for name in ("model.keras", "metrics.json"):
+            try:
+                store.download(join(variant_prefix, name), Path(tmp) / name)
+            except KeyError:
+                pass  # predict.load names a missing model; missing metrics fall back to the class list
+        return load(str(Path(tmp) / "model.keras"))
+
+
+def measure_variants(store: Store, data_prefix: str, variant_prefixes: dict[str, str]) -> dict:
+    """`robustness` of each named variant on framed copies of the validation photos, for the report.
+
+    Returns {"note": None or why nothing was measured, "copies": names, "variants": {name: robustness(...) or
+    {"error": why this one was not measured}}}. Never raises for a model or a store that cannot be measured:
+    the report must still be written (the leaderboard and the selection do not depend on it).
+    """
+    photos = validation_photos(store, data_prefix)
+    if photos is None:
+        return {"note": NOT_MEASURED, "copies": list(COPIES), "variants": {}}
+    models, failed = {}, {}
+    for name, prefix in variant_prefixes.items():
+        try:
+            loaded = load_variant(store, prefix)
+            unknown = sorted({c for c, _ in photos} - set(loaded.classes))
+            if unknown:
+                raise BadInput(f"the model has no class {unknown[0]!r} of the validation photos")
+            labels = [loaded.classes.index(c) for c, _ in photos]
+            models[name] = (model_classifier(loaded.model, loaded.size), labels)
+        except BadInput as e:
+            failed[name] = {"error": f"not measured: {e}"}
+    try:
+        measured = robustness_of(models, [jpeg for _, jpeg in photos]) if models else {}
+    except BadInput as e:  # a stored photo that does not decode: the dataset, not one model
+        return {"note": f"robustness: not measured ({e})", "copies": list(COPIES), "variants": {}}
+    return {"note": None, "copies": list(COPIES), "variants": {**measured, **failed}}

@@ -255,6 +255,11 @@ def test_labels_layout_and_counts(dataset_zip, tmp_path):
             data = zf.read(f"{r['split']}/{r['filename']}")
             assert store.get_bytes(f"data/images/{r['split']}/{r['label']}/{r['filename']}") == data
             assert r["sha256"] == hashlib.sha256(data).hexdigest()
+        # every original validation JPEG is kept, byte for byte, where aggregate's robustness figure reads it
+        from common.robustness import validation_photos
+
+        valid = [r for r in rows if r["split"] == "valid"]
+        assert validation_photos(store, "data") == [(r["label"], zf.read(f"valid/{r['filename']}")) for r in valid]
     skipped = list(csv.DictReader(io.StringIO(store.get_text("data/skipped.csv"))))
     assert skipped == [{"split": "train", "filename": f"empty_0_jpg.rf.{0:032x}.jpg",
                         "reason": "no bounding boxes in _annotations.csv"}]

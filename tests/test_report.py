@@ -13,6 +13,7 @@ import yaml
 from artefacts import png_size, sweep_spec, tiny_model_bytes, write_variant
 from helpers import aquarium
 from common.report import CHOSEN_BY, NoFinishedVariants, aggregate, choose_best, collect, leaderboard
+from common.robustness import COPIES, NOT_MEASURED
 from common.store import FileStore, join
 
 
@@ -110,6 +111,7 @@ def test_aggregate_writes_report_and_best(store, model_bytes):
     assert page.count("<tr class=") == 4 and 'data-variant="dead"' in page and "killed" in page
     assert "| cnn-b |" in store.get_text(join(report, "report.md"))
     assert json.loads(store.get_text(join(report, "report.json")))["chosen_by"] == CHOSEN_BY
+    assert NOT_MEASURED in page and csv["robustness"].isna().all()  # no dataset in this store: nothing to measure
 
     best = join(sweep.prefix, "best")
     assert store.get_bytes(join(best, "model.keras")) == model_bytes
@@ -141,6 +143,7 @@ def test_aggregate_and_report_commands(tmp_path, store, model_bytes):
     assert done.returncode == 0, done.stderr
     assert "best: cnn-a" in done.stdout
     assert "not finished: cnn-b (interrupted) SIGTERM" in done.stdout
+    assert NOT_MEASURED in done.stdout
 
     shown = aquarium("report", "--config", str(spec), "--store", store.uri)
     assert shown.returncode == 0, shown.stderr
@@ -148,3 +151,52 @@ def test_aggregate_and_report_commands(tmp_path, store, model_bytes):
     assert lines[0].split()[:3] == ["#", "variant", "kind"]
     assert lines[1].split()[:2] == ["1", "cnn-a"] and "0.550" in lines[1] and "0.610" in lines[1]
     assert "cnn-b" in lines[2] and "interrupted" in lines[2]
+
+
+def write_valid_photos(store: FileStore, labels: list[str], images: bool = True) -> None:
+    """A prepared dataset's labels.csv and, with `images`, its kept validation JPEGs (`images/valid/<class>/`)."""
+    import numpy as np
+    from PIL import Image
+
+    rows = ["split,filename,label,score,boxes,sha256", "train,t.jpg,fish,1,1,x"]
+    rng = np.random.default_rng(0)
+    for k, label in enumerate(labels):
+        rows.append(f"valid,v{k}.jpg,{label},1,1,x")
+        if images:
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(buf, format="JPEG")
+            store.put_bytes(join("data", "images", "valid", label, f"v{k}.jpg"), buf.getvalue())
+    store.put_text(join("data", "labels.csv"), "\n".join(rows) + "\n")
+
+
+def test_robustness_column_and_per_copy_table(tmp_path, store, model_bytes):
+    sweep = sweep_spec([("cnn-a", "cnn"), ("cnn-b", "cnn"), ("broken", "cnn")])
+    write_variant(store, sweep, "cnn-a", val_acc=0.6, model=model_bytes)
+    write_variant(store, sweep, "cnn-b", val_acc=0.9, model=model_bytes)
+    write_variant(store, sweep, "broken", val_acc=0.7, model=b"not a model")
+    report = join(sweep.prefix, "report")
+    # a store prepared before the validation photos were kept: the note, and aggregate still succeeds
+    write_valid_photos(store, ["fish", "shark", "fish"], images=False)
+    old = aquarium("aggregate", "--config", str(_spec_file(tmp_path, sweep, store)))
+    assert old.returncode == 0, old.stderr
+    assert NOT_MEASURED in old.stdout and NOT_MEASURED in store.get_text(join(report, "report.md"))
+
+    write_valid_photos(store, ["fish", "shark", "fish"])
+    summary, board = aggregate(store, sweep)
+    assert summary["best"]["variant"] == "cnn-b"  # selection stays on validation
+    csv = pd.read_csv(io.StringIO(store.get_text(join(report, "leaderboard.csv")))).set_index("variant")
+    for name in ("cnn-a", "cnn-b"):
+        for column in ("robustness", "robustness_trimmed"):
+            assert 0 <= csv.loc[name, column] <= 1
+    assert pd.isna(csv.loc["broken", "robustness"])
+    measured = json.loads(store.get_text(join(report, "report.json")))["robustness"]
+    assert measured["note"] is None and set(measured["variants"]["cnn-b"]["copies"]) == set(COPIES)
+    assert measured["variants"]["cnn-b"]["images"] == 3
+    assert "not measured" in measured["variants"]["broken"]["error"]
+    # the same model in both variants: the same figures
+    assert measured["variants"]["cnn-a"]["copies"] == measured["variants"]["cnn-b"]["copies"]
+    page = store.get_text(join(report, "report.html"))
+    table = page.split('<table id="robustness">')[1].split("</table>")[0]
+    assert all(f">{name}<" in table for name in COPIES) and "originals (3 validation photos)" in table
+    assert "robustness of cnn-b: agreement" in page and "<th>robustness</th>" in page
+    assert "| letterbox-white |" in store.get_text(join(report, "report.md"))

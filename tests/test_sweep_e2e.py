@@ -67,6 +67,12 @@ def test_smoke_sweep_end_to_end_and_rerun_skips(s3_env, dataset_zip, tmp_path):
               "best_per_class.png"}
     wanted |= {f"confusion_{n}_{s}.png" for n in good for s in ("test", "val")} | {f"curves_{n}.png" for n in good}
     assert wanted <= files
+    # robustness to the frame, measured on the kept validation photos, beside validation accuracy
+    measured = board.set_index("variant").loc[good, ["robustness", "robustness_trimmed"]]
+    assert measured.notna().all().all() and ((measured >= 0) & (measured <= 1)).all().all()
+    page = store.get_text(join(report, "report.html"))
+    table = page.split('<table id="robustness">')[1].split("</table>")[0]
+    assert "letterbox-white" in table and "border-black" in table and "mirror" in table
 
     before = snapshot(store, sweep, good)
     second = sweep_run(config, dataset_zip, s3_env, tmp_path)
