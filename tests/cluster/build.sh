@@ -12,6 +12,10 @@ CACHE="${AQUARIUM_K8S_CACHE:-$HOME/.cache/aquarium-k8s}/$K8S_VERSION"
 BINS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
 have_all() { for b in "${BINS[@]}"; do [ -x "$CACHE/bin/$b" ] || return 1; done; }
+# One build at a time: a second caller (CI starts the build early, in the background) waits, then reuses it.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.build.lock"
+flock 9
 if have_all; then echo "$CACHE/bin"; exit 0; fi
 
 command -v go >/dev/null || { echo "build.sh: Go is not installed; install Go >= 1.26 (https://go.dev/dl)" >&2; exit 2; }
