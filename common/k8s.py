@@ -689,8 +689,10 @@ def failed_create_problem(sweep: Sweep, step: str, job: str, event: dict) -> Pro
     msg = " ".join((event.get("message") or "").split())[:240]
     head = f"Job {job} cannot create its pod (FailedCreate): {msg}"
     if re.search(r'serviceaccounts? "[^"]+" not found', msg):
-        return Problem(step, f"{head} -- apply k8s/rbac.yaml in namespace {sweep.kubernetes.namespace} (aquarium "
-                             "sweep plan --out DIR) or set kubernetes.service_account", fatal=True)
+        k = sweep.kubernetes
+        return Problem(step, f"{head} -- create the ServiceAccount {k.service_account}: apply k8s/rbac.yaml in "
+                             f"namespace {k.namespace} (aquarium sweep plan --out DIR), or set "
+                             "kubernetes.service_account", fatal=True)
     if re.search(r"runAsUser|runAsGroup|fsGroup|must be in the ranges", msg):
         return Problem(step, f"{head} -- this cluster assigns UIDs: set kubernetes.cluster_assigns_uid: true")
     return Problem(step, f"{head} -- it is retried; free or raise the quota or ask the cluster admin")
