@@ -600,6 +600,16 @@ IMAGE_FIX = ("fix kubernetes.image (push the image, check name and tag; a privat
              "on the ServiceAccount), then `aquarium sweep stop` and submit again")
 
 
+def clip(message: str | None, limit: int = 240) -> str:
+    """A server's or kubelet's message on one line of at most `limit` characters. A longer one keeps its start (what
+    failed) and its end (the cause: containerd nests "failed to pull ...: failed to resolve ...: dial tcp: ...")."""
+    text = " ".join((message or "").split())
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
 def _since(pod: dict) -> datetime | None:
     """When the pod was placed on a node (its pulls start then), else created."""
     for c in (pod.get("status") or {}).get("conditions") or []:
@@ -628,7 +638,7 @@ def waiting_problem(sweep: Sweep, pod: dict, now: datetime) -> Problem | None:
     name, step = (pod.get("metadata") or {}).get("name", "?"), _step_of(pod) or "?"
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (cs.get("state") or {}).get("waiting") or {}
-        reason, msg = waiting.get("reason"), " ".join((waiting.get("message") or "").split())[:240]
+        reason, msg = waiting.get("reason"), clip(waiting.get("message"))
         if reason not in WAITING:
             continue
         head = f"pod {name}: {reason}: {msg or 'no message from the kubelet'}"
@@ -686,7 +696,7 @@ def _latest(events: list[dict]) -> dict[str, dict]:
 
 def failed_create_problem(sweep: Sweep, step: str, job: str, event: dict) -> Problem:
     """A pod the Job controller could not create (admission: missing ServiceAccount, quota, SCC, webhooks)."""
-    msg = " ".join((event.get("message") or "").split())[:240]
+    msg = clip(event.get("message"))
     head = f"Job {job} cannot create its pod (FailedCreate): {msg}"
     if re.search(r'serviceaccounts? "[^"]+" not found', msg):
         k = sweep.kubernetes
@@ -700,7 +710,7 @@ def failed_create_problem(sweep: Sweep, step: str, job: str, event: dict) -> Pro
 
 def mount_problem(sweep: Sweep, step: str, pod: str, event: dict) -> Problem:
     """A volume the kubelet cannot mount (FailedMount): fatal when the ConfigMap or Secret does not exist."""
-    msg = " ".join((event.get("message") or "").split())[:240]
+    msg = clip(event.get("message"))
     fix = _missing_fix(sweep, msg)
     head = f"pod {pod} cannot mount a volume (FailedMount): {msg}"
     return Problem(step, f"{head} -- {fix}", fatal=True) if fix else Problem(step, head)
@@ -713,7 +723,7 @@ def kueue_problem(step: str, job: dict, workloads: list[dict], queue: str | None
         for c in (wl.get("status") or {}).get("conditions") or []:
             if c.get("type") in ("QuotaReserved", "Admitted") and c.get("status") == "False":
                 return Problem(step, f"Job {name} is queued by Kueue (queue {queue}): {c.get('reason', '')}: "
-                                     f"{' '.join((c.get('message') or '').split())[:240]}")
+                                     f"{clip(c.get('message'))}")
     return Problem(step, f"Job {name} is suspended, waiting for Kueue to admit it (queue {queue}; no Workload "
                          "condition yet): check the LocalQueue and its ClusterQueue's quota")
 
