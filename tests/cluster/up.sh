@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Bring up a one-node Kubernetes cluster for the tests, inside the network namespace $NETNS (tests/cluster/env.sh):
 # etcd (tmpfs, no fsync), kube-apiserver (RBAC, default admission plugins), kube-controller-manager, kube-scheduler,
-# Debian's containerd on its own socket and a kubelet, all v1.37.2 built by build.sh. Prints the admin KUBECONFIG
-# last; the API is reachable from the host at https://198.18.0.1:6443 through a veth pair, nothing else is.
+# Debian's containerd on its own socket, a kubelet and kube-proxy, all v1.37.2 built by build.sh. Prints the admin
+# KUBECONFIG last; the API is reachable from the host at https://198.18.0.1:6443 through a veth pair, nothing else is.
 #
 #   tests/cluster/up.sh            AQK8S_SKIP_IMAGE=1: do not build/import the project's CPU image
 #                                  AQK8S_S3_SERVER=path/to/moto_server: also an S3 server at http://198.18.0.1:9000
@@ -222,8 +222,8 @@ wait_for kube-controller-manager 60 kubectl get serviceaccount default -n defaul
 #     and no oom_score_adj is set (no CAP_SYS_RESOURCE here).
 start kube-proxy "$BIN/kube-proxy" --kubeconfig "$STATE/kube-proxy.kubeconfig" --proxy-mode iptables \
   --hostname-override "$NODE" --bind-address "$NODE_IP" --cluster-cidr "$POD_SUBNET" --nodeport-addresses primary \
-  --oom-score-adj 0 \
-  --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 --conntrack-tcp-timeout-close-wait 0 \
+  --oom-score-adj 0 --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 \
+  --conntrack-tcp-timeout-close-wait 0 \
   --metrics-bind-address 127.0.0.1:10249 --healthz-bind-address 127.0.0.1:10256 --profiling=false
 wait_for kube-proxy 60 in_ns sh -c "iptables -t nat -S KUBE-SERVICES | grep -q ${SERVICE_RANGE%.*}.1/32"
 # 13. Optionally the S3 test server (moto) on the node address, where pods and the host reach it.
