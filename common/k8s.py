@@ -481,7 +481,7 @@ def api_error(what: str, e: Exception) -> Exception | None:
         denied = RBAC_DENIED.search(msg)
         hint = (f" -- the Role lacks {denied[1]} on {denied[2]}: apply k8s/rbac.yaml (aquarium sweep plan --out DIR) "
                 "and bind the aquarium-sweep-submitter Role to you") if denied else ""
-        return BadInput(f"Kubernetes refused to {what}: {msg}{hint}")
+        return BadInput(f"Kubernetes refused to {what} (403: {msg}){hint}")
     if status == 404:
         hint = (": create the namespace (kubectl create namespace NAME) or pass --namespace"
                 if msg.startswith("namespaces ") else "")

@@ -895,7 +895,8 @@ class Failing(FakeCluster):
 
 @pytest.mark.parametrize("status,message,cls,expect", [
     (403, 'jobs.batch is forbidden: User "ann" cannot list resource "jobs" in API group "batch" in the namespace "a"',
-     BadInput, "the Role lacks list on jobs: apply k8s/rbac.yaml"),
+     BadInput, "(403: jobs.batch is forbidden: User \"ann\" cannot list resource \"jobs\" in API group \"batch\" in "
+               "the namespace \"a\") -- the Role lacks list on jobs: apply k8s/rbac.yaml"),
     (403, 'jobs.batch "x" is forbidden: unable to create new content in namespace a because it is being terminated',
      BadInput, "being terminated"),
     (401, "Unauthorized", BadInput, "credentials"),
