@@ -481,7 +481,7 @@ def api_error(what: str, e: Exception) -> Exception | None:
         denied = RBAC_DENIED.search(msg)
         hint = (f" -- the Role lacks {denied[1]} on {denied[2]}: apply k8s/rbac.yaml (aquarium sweep plan --out DIR) "
                 "and bind the aquarium-sweep-submitter Role to you") if denied else ""
-        return BadInput(f"Kubernetes refused to {what}: {msg}{hint}")
+        return BadInput(f"Kubernetes refused to {what} (403: {msg}){hint}")
     if status == 404:
         hint = (": create the namespace (kubectl create namespace NAME) or pass --namespace"
                 if msg.startswith("namespaces ") else "")
@@ -600,6 +600,16 @@ IMAGE_FIX = ("fix kubernetes.image (push the image, check name and tag; a privat
              "on the ServiceAccount), then `aquarium sweep stop` and submit again")
 
 
+def clip(message: str | None, limit: int = 240) -> str:
+    """A server's or kubelet's message on one line of at most `limit` characters. A longer one keeps its start (what
+    failed) and its end (the cause: containerd nests "failed to pull ...: failed to resolve ...: dial tcp: ...")."""
+    text = " ".join((message or "").split())
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
 def _since(pod: dict) -> datetime | None:
     """When the pod was placed on a node (its pulls start then), else created."""
     for c in (pod.get("status") or {}).get("conditions") or []:
@@ -628,7 +638,7 @@ def waiting_problem(sweep: Sweep, pod: dict, now: datetime) -> Problem | None:
     name, step = (pod.get("metadata") or {}).get("name", "?"), _step_of(pod) or "?"
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (cs.get("state") or {}).get("waiting") or {}
-        reason, msg = waiting.get("reason"), " ".join((waiting.get("message") or "").split())[:240]
+        reason, msg = waiting.get("reason"), clip(waiting.get("message"))
         if reason not in WAITING:
             continue
         head = f"pod {name}: {reason}: {msg or 'no message from the kubelet'}"
@@ -686,11 +696,13 @@ def _latest(events: list[dict]) -> dict[str, dict]:
 
 def failed_create_problem(sweep: Sweep, step: str, job: str, event: dict) -> Problem:
     """A pod the Job controller could not create (admission: missing ServiceAccount, quota, SCC, webhooks)."""
-    msg = " ".join((event.get("message") or "").split())[:240]
+    msg = clip(event.get("message"))
     head = f"Job {job} cannot create its pod (FailedCreate): {msg}"
     if re.search(r'serviceaccounts? "[^"]+" not found', msg):
-        return Problem(step, f"{head} -- apply k8s/rbac.yaml in namespace {sweep.kubernetes.namespace} (aquarium "
-                             "sweep plan --out DIR) or set kubernetes.service_account", fatal=True)
+        k = sweep.kubernetes
+        return Problem(step, f"{head} -- create the ServiceAccount {k.service_account}: apply k8s/rbac.yaml in "
+                             f"namespace {k.namespace} (aquarium sweep plan --out DIR), or set "
+                             "kubernetes.service_account", fatal=True)
     if re.search(r"runAsUser|runAsGroup|fsGroup|must be in the ranges", msg):
         return Problem(step, f"{head} -- this cluster assigns UIDs: set kubernetes.cluster_assigns_uid: true")
     return Problem(step, f"{head} -- it is retried; free or raise the quota or ask the cluster admin")
@@ -698,7 +710,7 @@ def failed_create_problem(sweep: Sweep, step: str, job: str, event: dict) -> Pro
 
 def mount_problem(sweep: Sweep, step: str, pod: str, event: dict) -> Problem:
     """A volume the kubelet cannot mount (FailedMount): fatal when the ConfigMap or Secret does not exist."""
-    msg = " ".join((event.get("message") or "").split())[:240]
+    msg = clip(event.get("message"))
     fix = _missing_fix(sweep, msg)
     head = f"pod {pod} cannot mount a volume (FailedMount): {msg}"
     return Problem(step, f"{head} -- {fix}", fatal=True) if fix else Problem(step, head)
@@ -711,7 +723,7 @@ def kueue_problem(step: str, job: dict, workloads: list[dict], queue: str | None
         for c in (wl.get("status") or {}).get("conditions") or []:
             if c.get("type") in ("QuotaReserved", "Admitted") and c.get("status") == "False":
                 return Problem(step, f"Job {name} is queued by Kueue (queue {queue}): {c.get('reason', '')}: "
-                                     f"{' '.join((c.get('message') or '').split())[:240]}")
+                                     f"{clip(c.get('message'))}")
     return Problem(step, f"Job {name} is suspended, waiting for Kueue to admit it (queue {queue}; no Workload "
                          "condition yet): check the LocalQueue and its ClusterQueue's quota")
 

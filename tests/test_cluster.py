@@ -35,7 +35,6 @@ S3_ENV = {"AWS_ENDPOINT_URL": ENDPOINT, "AWS_ACCESS_KEY_ID": "testing", "AWS_SEC
           "AWS_DEFAULT_REGION": "us-east-1"}
 AQUARIUM = str(Path(sys.executable).parent / "aquarium")
 IN_CI = os.environ.get("CI", "").lower() == "true"
-ISSUE10 = "fixed by the issue 'Kubernetes path for real clusters' (review part A): "
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(3600)]  # the first test pays for up.sh
 
@@ -222,18 +221,19 @@ def aquarium(args: list[str], kubeconfig: str, timeout: float = 900) -> Run:
         return Run(None, out, err)
 
 
-def submit(config: Path, ns: Namespace, bucket: str, *extra: str, timeout: float = 900) -> Run:
+def submit(config: Path, ns: Namespace, bucket: str, *extra: str, timeout: float = 900, poll: float = 2,
+           prefix: str = "store") -> Run:
     return aquarium(["sweep", "submit", "--config", str(config), "--namespace", ns.name,
-                     "--store", f"s3://{bucket}/store", "--source", f"s3://{bucket}/datasets/aquarium-small.zip",
-                     "--endpoint", ENDPOINT, "--poll-seconds", "2", *extra], ns.kubeconfig, timeout)
+                     "--store", f"s3://{bucket}/{prefix}", "--source", f"s3://{bucket}/datasets/aquarium-small.zip",
+                     "--endpoint", ENDPOINT, "--poll-seconds", str(poll), *extra], ns.kubeconfig, timeout)
 
 
-def store(bucket: str):
+def store(bucket: str, prefix: str = "store"):
     from common.store import open_store
 
     for k, v in S3_ENV.items():
         os.environ.setdefault(k, v)
-    return open_store(f"s3://{bucket}/store", ENDPOINT)
+    return open_store(f"s3://{bucket}/{prefix}", ENDPOINT)
 
 
 def sweep_of(config: Path):
@@ -427,11 +427,10 @@ def test_a_gpu_variant_without_gpu_capacity_gets_the_schedulers_message(cluster,
 # ---------------------------------------------------------------------------------------------- issue 10
 
 def _one_line_naming(run: Run, *words: str) -> bool:
+    print(f"\nexit {run.code}:", *run.errors(), sep="\n", file=sys.stderr)  # the line a user sees, in the log
     return run.code == 2 and len(run.errors()) == 1 and all(w in run.errors()[0] for w in words)
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE10 + "a missing namespace ends submit with one line naming it "
-                                               "(today every create answers 404 and submit loops forever)")
 def test_a_missing_namespace_ends_submit_with_one_line(cluster, bucket):
     missing = "missing-" + uuid.uuid4().hex[:6]
     run = aquarium(["sweep", "submit", "--config", str(ROOT / "smoke.yaml"), "--namespace", missing,
@@ -440,33 +439,50 @@ def test_a_missing_namespace_ends_submit_with_one_line(cluster, bucket):
     assert _one_line_naming(run, missing), run
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE10 + "a missing Secret ends submit with one line naming it "
-                                               "(today the pod waits in CreateContainerConfigError, shown as Running)")
-def test_a_missing_secret_ends_submit_with_one_line(cluster, namespace, bucket, tmp_path):
-    ns = namespace(secret=False)
-    run = submit(spec(tmp_path, "nosecret", pending_timeout_seconds=10), ns, bucket, timeout=75)
-    assert _one_line_naming(run, "aquarium-s3"), run
+def _first_waiting(cluster: Cluster, ns: str, reason: str, alive: threading.Thread) -> float | None:
+    """When (monotonic) a container of the namespace's pods first waits with `reason`; None if `alive` ends first."""
+    while alive.is_alive():
+        for pod in cluster.pods(ns):
+            if any(cs.state.waiting and cs.state.waiting.reason == reason
+                   for cs in pod.status.container_statuses or []):
+                return time.monotonic()
+        time.sleep(0.2)
+    return None
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE10 + "an image that cannot be pulled ends submit with one line naming "
-                                               "it (today ErrImagePull/ImagePullBackOff is shown as Running)")
+def test_a_missing_secret_ends_submit_with_the_kubelets_message_within_two_polls(cluster, namespace, bucket,
+                                                                                 tmp_path):
+    """Issue 10's done-when: the kubelet's CreateContainerConfigError for the missing S3 Secret ends submit with
+    exit 2 and one line quoting it, at most two polls after the kubelet reported it."""
+    ns, poll, result = namespace(secret=False), 5, {}
+
+    def run():
+        result["run"] = submit(spec(tmp_path, "nosecret"), ns, bucket, timeout=120, poll=poll)
+        result["ended"] = time.monotonic()
+
+    t = threading.Thread(target=run)
+    t.start()
+    seen = _first_waiting(cluster, ns.name, "CreateContainerConfigError", t)
+    t.join()
+    run = result["run"]
+    assert _one_line_naming(run, "CreateContainerConfigError", 'secret "aquarium-s3" not found'), run
+    assert seen is not None, f"submit ended before the kubelet reported the missing Secret: {run}"
+    assert result["ended"] - seen <= 2 * poll, f"{result['ended'] - seen:.1f} s after the kubelet's report: {run}"
+
+
 def test_an_unpullable_image_ends_submit_with_one_line(cluster, namespace, bucket, tmp_path):
     ns = namespace()
     image = "registry.invalid/aquarium-sweep:0.0.0"
-    run = submit(spec(tmp_path, "noimage", pending_timeout_seconds=10), ns, bucket, "--image", image, timeout=75)
+    run = submit(spec(tmp_path, "noimage"), ns, bucket, "--image", image, "--pull-timeout", "30", timeout=120)
     assert _one_line_naming(run, image), run
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE10 + "a missing ServiceAccount ends submit with one line naming it "
-                                               "(today admission refuses the pods, FailedCreate events go unseen)")
 def test_a_missing_service_account_ends_submit_with_one_line(cluster, namespace, bucket, tmp_path):
     ns = namespace(rbac=False)  # the admin submits; the pods' ServiceAccount aquarium-sweep was never created
     run = submit(spec(tmp_path, "nosa", pending_timeout_seconds=10), ns, bucket, timeout=75)
     assert _one_line_naming(run, "aquarium-sweep", "ServiceAccount"), run
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE10 + "`sweep stop` then an immediate resubmit never has two pods of one "
-                                               "variant alive at once (today stop deletes the Jobs in the background)")
 def test_stop_then_resubmit_never_runs_two_pods_of_a_variant(cluster, namespace, bucket, tmp_path):
     """Stopped as soon as the variant's container starts: a pod may then outlive its Job for its whole grace period
     (SIGTERM reaches the container's PID 1 before the variant handles it), while the resubmit's pods start."""
@@ -522,3 +538,47 @@ def test_stop_then_resubmit_never_runs_two_pods_of_a_variant(cluster, namespace,
         watcher.join()
     print("pods of variant long (s, (pod, phase, deleting)...):", *timeline, sep="\n", file=sys.stderr)
     assert alive_max[0] <= 1, f"{alive_max[0]} pods of variant 'long' alive at once"
+
+
+# ---------------------------------------------------------------------------------------------- walk away
+
+def _ours_outside_the_cluster(namespace: str) -> list[str]:
+    """Command lines of processes on this machine naming the namespace that are not in a pod (kubepods cgroup)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            in_pod = "kubepods" in (proc / "cgroup").read_text()
+        except OSError:
+            continue
+        if namespace in cmd and not in_pod:
+            found.append(cmd)
+    return found
+
+
+def test_a_detached_sweep_completes_with_nothing_of_ours_outside_the_cluster(cluster, namespace, bucket, tmp_path):
+    """Issue 10's done-when: `submit --detach` returns once the driver pod runs; the driver (the submitter Role's
+    ServiceAccount, the API through the `kubernetes` Service and kube-proxy) then runs the whole sweep, on a store
+    of its own, while no process naming the namespace runs on this machine outside the cluster's pods."""
+    config, ns = spec(tmp_path, "detached"), namespace()
+    run = submit(config, ns, bucket, "--detach", timeout=300, prefix="detached")
+    assert run.code == 0 and "detached: the driver Job detached-driver is" in run.out, run
+    driver_pods = cluster.pods(ns.name, "batch.kubernetes.io/job-name=detached-driver")
+    assert driver_pods and driver_pods[0].spec.service_account_name == "aquarium-sweep-submitter"
+    outside = _ours_outside_the_cluster(ns.name)
+    assert not outside, outside
+    for _ in range(1500):
+        driver = cluster.batch.read_namespaced_job("detached-driver", ns.name)
+        if driver.status.succeeded or driver.status.failed:
+            break
+        assert not _ours_outside_the_cluster(ns.name)
+        time.sleep(1)
+    log = cluster.core.read_namespaced_pod_log(driver_pods[0].metadata.name, ns.name)
+    assert driver.status.succeeded == 1, f"{driver.status}\n{log[-3000:]}"
+    sweep = sweep_of(config)
+    jobs = {j.metadata.name: j for j in cluster.batch.list_namespaced_job(ns.name).items}
+    assert set(jobs) == {"detached-driver", "detached-prepare", "detached-aggregate",
+                         *(f"detached-{v}" for v in sweep.names)}, sorted(jobs)
+    assert all(j.status.succeeded == 1 for j in jobs.values()), [(n, j.status) for n, j in jobs.items()]
+    report = store(bucket, "detached").get_json("sweeps/detached/report/report.json")
+    assert {row["variant"] for row in report["leaderboard"]} == set(sweep.names), report

@@ -796,6 +796,20 @@ def test_a_pull_that_may_pass_is_reported_every_poll_then_times_out(empty_store)
         sub.run(max_passes=5)
 
 
+def test_a_long_pull_message_keeps_its_cause(empty_store):
+    """containerd's message as the real test cluster's kubelet reported it: the cause is at the end, past 240 chars."""
+    msg = ('failed to pull and unpack image "registry.invalid/aquarium-sweep:0.0.0": failed to resolve reference '
+           '"registry.invalid/aquarium-sweep:0.0.0": failed to do request: Head "https://registry.invalid/v2/'
+           'aquarium-sweep/manifests/0.0.0": dial tcp: lookup registry.invalid on 10.255.255.53:53: dial udp '
+           '10.255.255.53:53: connect: network is unreachable')
+    fake = FakeCluster(waiting={"smoke-prepare": ("ErrImagePull", msg)})
+    sub, lines = submitter(fake, store_obj=empty_store)
+    sub.run(max_passes=2)
+    (line,) = [line for line in lines if line.startswith("warning:")]
+    assert 'image "registry.invalid/aquarium-sweep:0.0.0"' in line and "connect: network is unreachable" in line
+    assert len(line) < 420, line
+
+
 def test_pods_refused_at_creation_show_the_admission_message(empty_store):
     quota = ('Error creating: pods "smoke-prepare-abcde" is forbidden: exceeded quota: gpu, requested: '
              'requests.nvidia.com/gpu=1, used: requests.nvidia.com/gpu=4, limited: requests.nvidia.com/gpu=4')
@@ -881,7 +895,8 @@ class Failing(FakeCluster):
 
 @pytest.mark.parametrize("status,message,cls,expect", [
     (403, 'jobs.batch is forbidden: User "ann" cannot list resource "jobs" in API group "batch" in the namespace "a"',
-     BadInput, "the Role lacks list on jobs: apply k8s/rbac.yaml"),
+     BadInput, "(403: jobs.batch is forbidden: User \"ann\" cannot list resource \"jobs\" in API group \"batch\" in "
+               "the namespace \"a\") -- the Role lacks list on jobs: apply k8s/rbac.yaml"),
     (403, 'jobs.batch "x" is forbidden: unable to create new content in namespace a because it is being terminated',
      BadInput, "being terminated"),
     (401, "Unauthorized", BadInput, "credentials"),

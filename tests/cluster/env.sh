@@ -25,7 +25,7 @@ SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops 
 HOST_PATHS=(/var/log/pods /var/log/containers /var/lib/kubelet /usr/libexec/kubernetes /opt/containerd /etc/cni
             /var/lib/cni /run/netns)
 # Stop order: the kubelet first (no restarts), etcd last.
-COMPONENTS=(kubelet kube-scheduler kube-controller-manager kube-apiserver containerd etcd moto_server)
+COMPONENTS=(kubelet kube-proxy kube-scheduler kube-controller-manager kube-apiserver containerd etcd moto_server)
 S3_PORT=9000
 
 export PATH="$PATH:/usr/sbin:/sbin"

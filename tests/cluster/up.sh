@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Bring up a one-node Kubernetes cluster for the tests, inside the network namespace $NETNS (tests/cluster/env.sh):
 # etcd (tmpfs, no fsync), kube-apiserver (RBAC, default admission plugins), kube-controller-manager, kube-scheduler,
-# Debian's containerd on its own socket and a kubelet, all v1.37.2 built by build.sh. Prints the admin KUBECONFIG
-# last; the API is reachable from the host at https://198.18.0.1:6443 through a veth pair, nothing else is.
+# Debian's containerd on its own socket, a kubelet and kube-proxy, all v1.37.2 built by build.sh. Prints the admin
+# KUBECONFIG last; the API is reachable from the host at https://198.18.0.1:6443 through a veth pair, nothing else is.
 #
 #   tests/cluster/up.sh            AQK8S_SKIP_IMAGE=1: do not build/import the project's CPU image
 #                                  AQK8S_S3_SERVER=path/to/moto_server: also an S3 server at http://198.18.0.1:9000
@@ -73,6 +73,7 @@ cert apiserver-kubelet "/O=system:masters/CN=kube-apiserver-kubelet-client" "$cl
 cert controller-manager "/CN=system:kube-controller-manager" "$client"
 cert scheduler "/CN=system:kube-scheduler" "$client"
 cert kubelet "/O=system:nodes/CN=system:node:$NODE" "$client"
+cert kube-proxy "/CN=system:kube-proxy" "$client"
 openssl ecparam -name prime256v1 -genkey -noout -out "$P/sa.key" 2>/dev/null
 openssl ec -in "$P/sa.key" -pubout -out "$P/sa.pub" 2>/dev/null
 kubeconfig() {  # kubeconfig NAME -> $STATE/NAME.kubeconfig with NAME's client certificate
@@ -85,7 +86,7 @@ contexts: [{name: aqk8s, context: {cluster: aqk8s, user: $1}}]
 current-context: aqk8s
 KC
 }
-for c in admin controller-manager scheduler kubelet; do kubeconfig "$c"; done
+for c in admin controller-manager scheduler kubelet kube-proxy; do kubeconfig "$c"; done
 export KUBECONFIG=$STATE/admin.kubeconfig
 
 # 4. etcd: data on tmpfs, no fsync (a test cluster), client port on the namespace's loopback only.
@@ -95,7 +96,8 @@ start etcd "$BIN/etcd" --name aqk8s --data-dir "$STATE/etcd/data" --unsafe-no-fs
   --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
   --initial-cluster aqk8s=http://127.0.0.1:2380 --log-level warn
 
-# 5. kube-apiserver: RBAC + Node authorization, the default admission plugins, service-account tokens.
+# 5. kube-apiserver: RBAC + Node authorization, the default admission plugins, service-account tokens; the lease
+#    endpoint reconciler gives the `kubernetes` Service its endpoint 198.18.0.1:6443 (pods reach it via kube-proxy).
 start kube-apiserver "$BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 \
   --bind-address "$NODE_IP" --advertise-address "$NODE_IP" --secure-port "$API_PORT" \
   --authorization-mode Node,RBAC --client-ca-file "$P/ca.crt" \
@@ -104,7 +106,7 @@ start kube-apiserver "$BIN/kube-apiserver" --etcd-servers http://127.0.0.1:2379 
   --kubelet-preferred-address-types InternalIP \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "$P/sa.pub" --service-account-signing-key-file "$P/sa.key" \
-  --service-cluster-ip-range "$SERVICE_RANGE" --endpoint-reconciler-type none --profiling=false
+  --service-cluster-ip-range "$SERVICE_RANGE" --endpoint-reconciler-type lease --profiling=false
 wait_for kube-apiserver 120 curl -sf --cacert "$P/ca.crt" --cert "$P/admin.crt" --key "$P/admin.key" \
   "https://$NODE_IP:$API_PORT/readyz"
 t_api=$(( $(date +%s) - t0 ))
@@ -215,7 +217,16 @@ wait_for kubelet 120 kubectl wait --for condition=Ready "node/$NODE" --timeout 1
 kubectl patch node "$NODE" --subresource status --type merge \
   -p '{"status":{"capacity":{"nvidia.com/gpu":"1"},"allocatable":{"nvidia.com/gpu":"1"}}}' >/dev/null
 wait_for kube-controller-manager 60 kubectl get serviceaccount default -n default
-# 12. Optionally the S3 test server (moto) on the node address, where pods and the host reach it.
+# 12. kube-proxy, iptables mode: its rules live in the namespace's own tables (gone with it), so pods reach the API
+#     server at the `kubernetes` Service (198.18.128.1:443). Host-wide conntrack settings are left as they are (0)
+#     and no oom_score_adj is set (no CAP_SYS_RESOURCE here).
+start kube-proxy "$BIN/kube-proxy" --kubeconfig "$STATE/kube-proxy.kubeconfig" --proxy-mode iptables \
+  --hostname-override "$NODE" --bind-address "$NODE_IP" --cluster-cidr "$POD_SUBNET" --nodeport-addresses primary \
+  --oom-score-adj 0 --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 \
+  --conntrack-tcp-timeout-close-wait 0 \
+  --metrics-bind-address 127.0.0.1:10249 --healthz-bind-address 127.0.0.1:10256 --profiling=false
+wait_for kube-proxy 60 in_ns sh -c "iptables -t nat -S KUBE-SERVICES | grep -q ${SERVICE_RANGE%.*}.1/32"
+# 13. Optionally the S3 test server (moto) on the node address, where pods and the host reach it.
 if [ -n "${AQK8S_S3_SERVER:-}" ]; then
   start moto_server "$AQK8S_S3_SERVER" -H "$NODE_IP" -p "$S3_PORT"
   wait_for moto_server 60 curl -s "http://$NODE_IP:$S3_PORT/"
