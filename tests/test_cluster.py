@@ -229,11 +229,14 @@ def submit(config: Path, ns: Namespace, bucket: str, *extra: str, timeout: float
 
 
 def store(bucket: str, prefix: str = "store"):
+    """The test S3 server's store; its credentials are read when the client is made, so the environment is
+    patched only for that moment (a lasting AWS_ENDPOINT_URL would leak into every later test of the session)."""
+    from unittest import mock
+
     from common.store import open_store
 
-    for k, v in S3_ENV.items():
-        os.environ.setdefault(k, v)
-    return open_store(f"s3://{bucket}/{prefix}", ENDPOINT)
+    with mock.patch.dict(os.environ, S3_ENV):
+        return open_store(f"s3://{bucket}/{prefix}", ENDPOINT)
 
 
 def sweep_of(config: Path):

@@ -29,6 +29,14 @@ S3 = "s3://aquarium-test/store"
 SRC = "https://example.org/aquarium.zip"
 
 
+@pytest.fixture(autouse=True)
+def no_endpoint_from_the_environment(monkeypatch):
+    """The rendered manifests follow `--endpoint` > AWS_ENDPOINT_URL > the spec: these tests pin the spec's case,
+    whatever the developer's shell (or an earlier test) has set."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+
+
 def spec(name: str) -> tuple:
     path = ROOT / name
     return load_sweep(path), path.read_text()

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from unittest import mock
 
 import boto3
 import yaml
@@ -121,8 +122,8 @@ def test_sweep_survives_a_20s_store_outage_without_retraining_checkpointed_epoch
                             dataset_zip, "--store", uri, "--max-parallel", "2"], cwd=tmp_path, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # the store as the test sees it: straight to the server, never through the proxy
-    os.environ.update(creds)
-    direct = open_store(uri, s3_server)
+    with mock.patch.dict(os.environ, creds):  # credentials are read when the client is made
+        direct = open_store(uri, s3_server)
     state = f"{sweep.variant_prefix('cnn-a')}/checkpoint/state.json"
     deadline = time.monotonic() + 600
     while not (direct.exists(state) and direct.get_json(state)["epoch"] >= 2):
