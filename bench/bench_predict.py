@@ -58,7 +58,7 @@ def old_predict(model_dir: str, folder: str) -> None:
     loaded = load(model_dir)
     files, _ = expand([folder])
     start = time.perf_counter()
-    ready = [preprocess(f, loaded.size, trim=False) for f in files]  # the old design held every image at once
+    ready = [preprocess(f, loaded.sizes, trim=False)[0] for f in files]  # the old design held every image at once
     probs = [np.asarray(loaded.model(np.stack(ready[i:i + 32]), training=False))  # its batches of 32
              for i in range(0, len(ready), 32)]
     writer = csv.writer(sys.stdout, lineterminator="\n")

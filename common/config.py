@@ -86,6 +86,7 @@ class Variant(Strict):
     early_stopping_patience: int = Field(15, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     class_weights: bool = False  # weight the loss by inverse class frequency
+    test_time_flip: bool = False  # evaluate and save the mean of the answers on the image and its mirror image
     seed: int = 1337
     augment: Augment = Augment()
     # speed: auto = mixed_bfloat16 on a GPU of compute capability >= 8 or a CPU with AMX/AVX512-BF16,
@@ -176,6 +177,7 @@ class Sweep(Strict):
     store: str = "file://./store"
     endpoint: str | None = None  # S3 endpoint (MinIO); after `resolve`: the one in force (see store.s3_endpoint)
     max_parallel: int | None = Field(None, ge=1)
+    ensemble_top_k: int = Field(0, ge=0)  # >= 2: a leaderboard row averaging the k best variants (common.ensemble)
     defaults: dict = {}
     variants: list[Variant]
     kubernetes: Kubernetes = Kubernetes()

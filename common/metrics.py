@@ -8,6 +8,9 @@ columns = predicted, in `classes` order.
 
 from __future__ import annotations
 
+import csv
+import io
+
 import numpy as np
 
 
@@ -54,3 +57,26 @@ def cross_entropy(probabilities: np.ndarray, y_true) -> float:
     """Mean categorical cross-entropy of predicted probabilities (no label smoothing: the honest loss)."""
     p = np.clip(probabilities[np.arange(len(probabilities)), np.asarray(y_true)], 1e-7, 1.0)
     return float(-np.log(p).mean()) if len(p) else 0.0
+
+
+SPLIT_KEYS = {"valid": "val", "test": "test"}  # predictions.csv split -> metrics.json key
+
+
+def evaluation(classes: list[str], splits: dict[str, tuple]) -> tuple[dict, str]:
+    """metrics.json content and predictions.csv text from each split's (true label indices, probabilities
+    [N, classes], file names). One definition for a trained variant and for an ensemble of them."""
+    metrics, rows = {"classes": list(classes)}, []
+    for split, (labels, probs, filenames) in splits.items():
+        key, probs = SPLIT_KEYS[split], np.asarray(probs).reshape(len(labels), len(classes))
+        predicted = probs.argmax(axis=1)
+        result = classification_metrics(labels, predicted, classes)
+        result["loss"] = cross_entropy(probs, labels)
+        metrics[key] = result
+        metrics[f"{key}_accuracy"], metrics[f"{key}_loss"] = result["accuracy"], result["loss"]
+        for name, t, p, pr in zip(filenames, labels, predicted, probs):
+            rows.append([split, str(name), classes[t], classes[p], *(f"{x:.6f}" for x in pr)])
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["split", "file", "true", "predicted", *(f"p_{c}" for c in classes)])
+    writer.writerows(rows)
+    return metrics, out.getvalue()

@@ -28,6 +28,31 @@ class Standardize(layers.Layer):
         return (x - mean) / ops.maximum(std, 1.0 / ops.sqrt(pixels))
 
 
+@keras.saving.register_keras_serializable(package="aquarium")
+class Mirror(layers.Layer):
+    """The image mirrored left to right: the second view of test-time flip averaging."""
+
+    def call(self, x):
+        return ops.flip(x, axis=2)
+
+
+def with_test_time_flip(net: keras.Model) -> keras.Model:
+    """The mean of `net`'s answers on the image and its mirror image (test-time flip averaging).
+
+    The training augmentation flips half the images, so both views are equally "seen"; averaging them removes
+    the part of an answer that depends on which way the animal faces. Same input and weights as `net`, so
+    the saved model stays one file `predict` loads like any other.
+    """
+    inputs = keras.Input(net.input_shape[1:], name="image")
+    outputs = layers.Average(name="flip_average", dtype="float32")([net(inputs), net(Mirror(name="mirror")(inputs))])
+    return keras.Model(inputs, outputs, name=net.name)
+
+
+def inference_model(net: keras.Model, variant: Variant) -> keras.Model:
+    """What a variant is evaluated and saved as: its net, flip-averaged when `test_time_flip` is set."""
+    return with_test_time_flip(net) if variant.test_time_flip else net
+
+
 @functools.cache
 def cpu_has_bf16() -> bool:
     """AMX or AVX512-BF16: the CPUs where Keras' mixed_bfloat16 runs natively (faster than float32)."""

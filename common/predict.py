@@ -9,6 +9,9 @@ because the training photos had none but the black padding.
 Photos stream through tf.data (parallel decoding, batches of BATCH, a row per photo as soon as its batch is
 classified), so memory does not grow with the number of photos.
 
+A model takes one input, or one per input size (an ensemble, `common.ensemble`): each input gets its own
+`decode_pad_resize` of the photo at that size, as each member was trained.
+
 A model is found by one reference: `best` (the sweep's chosen model), a store key or prefix
 (`sweeps/aquarium/variants/cnn-a`), an `s3://` or `file://` URI, or a local path. Whatever it is, it is opened
 as (store at the model's folder, file name), so the class list is read from the files beside the model.
@@ -40,8 +43,20 @@ BATCH = 16
 class LoadedModel:
     model: object  # keras.Model
     classes: list[str]
-    size: int
+    sizes: tuple[int, ...]  # the square input size of each of the model's inputs, in input order
     source: str
+
+    @property
+    def size_text(self) -> str:
+        return "+".join(map(str, self.sizes))
+
+
+def input_sizes(model) -> tuple[int, ...] | None:
+    """The side of each square RGB input [S,S,3] of a Keras model, or None for any other input."""
+    shapes = model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
+    if not all(isinstance(s, tuple) and len(s) == 4 and s[1] == s[2] and s[3] == 3 for s in shapes):
+        return None
+    return tuple(int(s[1]) for s in shapes)
 
 
 @dataclass
@@ -113,10 +128,10 @@ def load(ref: str, sweep: Sweep | None = None, store_uri: str | None = None) -> 
             reason = " ".join(str(e).split())[:100]
             raise BadInput(f"{store.url(name)} is not a loadable Keras model ({reason}): pass a model.keras "
                            "saved by training") from None
-    shape = model.input_shape
-    if not isinstance(shape, tuple) or len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
-        raise BadInput(f"{store.url(name)} takes input {shape}, not square RGB images [S,S,3]")
-    return LoadedModel(model, read_classes(store, int(model.output_shape[-1])), int(shape[1]), store.url(name))
+    sizes = input_sizes(model)
+    if sizes is None:
+        raise BadInput(f"{store.url(name)} takes input {model.input_shape}, not square RGB images [S,S,3]")
+    return LoadedModel(model, read_classes(store, int(model.output_shape[-1])), sizes, store.url(name))
 
 
 def expand(paths: list[str]) -> tuple[list[str], list[str]]:
@@ -135,9 +150,9 @@ def expand(paths: list[str]) -> tuple[list[str], list[str]]:
     return files, notes
 
 
-def preprocess(path: str, size: int, trim: bool = True) -> np.ndarray:
-    """float32 [size,size,3] in 0..255 via decode_pad_resize, one file; BadInput for unreadable, non-JPEG or
-    corrupt files. The streaming path drops a file that fails; this names the reason."""
+def preprocess(path: str, sizes: tuple[int, ...], trim: bool = True) -> list[np.ndarray]:
+    """float32 [S,S,3] in 0..255 via decode_pad_resize at each size, one file; BadInput for unreadable, non-JPEG
+    or corrupt files. The streaming path drops a file that fails; this names the reason."""
     import tensorflow as tf
 
     from common.pipeline import decode_pad_resize
@@ -151,10 +166,10 @@ def preprocess(path: str, size: int, trim: bool = True) -> np.ndarray:
     if not data.startswith(b"\xff\xd8"):
         raise BadInput("not a JPEG image (the models are trained on JPEG photos; convert it to JPEG)")
     try:
-        image = decode_pad_resize(tf.constant(data), size, trim=trim)
+        images = [decode_pad_resize(tf.constant(data), size, trim=trim) for size in sizes]
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
         raise BadInput(f"corrupt JPEG ({tf_reason(e)})") from None
-    return tf.cast(image, tf.float32).numpy()
+    return [tf.cast(image, tf.float32).numpy() for image in images]
 
 
 def tf_reason(e: Exception) -> str:
@@ -164,8 +179,9 @@ def tf_reason(e: Exception) -> str:
     return text or type(e).__name__
 
 
-def image_batches(sources: list, size: int, trim: bool, files: bool, batch: int = BATCH):
-    """tf.data of (index int64 [B], float32 images [B,S,S,3]) from file paths (`files`) or JPEG bytes.
+def image_batches(sources: list, sizes: tuple[int, ...], trim: bool, files: bool, batch: int = BATCH):
+    """tf.data of (index int64 [B], (float32 images [B,S,S,3] at each size)) from file paths (`files`) or JPEG
+    bytes.
 
     The same decode_pad_resize as `prepare` (plus border trimming when `trim`), in parallel and in order. An
     element that cannot be read or decoded is dropped instead of ending the stream; the gap in the indices tells
@@ -178,36 +194,38 @@ def image_batches(sources: list, size: int, trim: bool, files: bool, batch: int 
     def load(index, source):
         data = tf.io.read_file(source) if files else source
         tf.debugging.assert_equal(tf.strings.substr(data, 0, 2), b"\xff\xd8", message="not a JPEG")
-        return index, tf.cast(decode_pad_resize(data, size, trim=trim), tf.float32)
+        return index, tuple(tf.cast(decode_pad_resize(data, size, trim=trim), tf.float32) for size in sizes)
 
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(sources, tf.string)).enumerate()
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
     return ds.batch(batch).prefetch(2)
 
 
-def compiled(model, size: int):
-    """The model as one traced function for any batch size: no retracing for the last, shorter batch."""
+def compiled(model, sizes: tuple[int, ...]):
+    """The model as one traced function of the images at each input size, for any batch size: no retracing for
+    the last, shorter batch."""
     import tensorflow as tf
 
-    spec = tf.TensorSpec([None, size, size, 3], tf.float32)
-    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    specs = [tf.TensorSpec([None, size, size, 3], tf.float32) for size in sizes]
+    return tf.function(lambda *x: model(x[0] if len(x) == 1 else list(x), training=False), input_signature=specs)
 
 
 def classify(loaded: LoadedModel, files: list[str], trim: bool = True,
              batch: int = BATCH) -> Iterator[Prediction]:
     """One Prediction per file, in input order, yielded as soon as its batch is classified. A file that fails
     carries its error (found by `preprocess` on that file alone) and does not stop the rest."""
-    run = compiled(loaded.model, loaded.size)
+    run = compiled(loaded.model, loaded.sizes)
 
     def one(i: int) -> Prediction:  # a file the stream dropped: name the reason (or classify it, if it reads now)
         try:
-            return Prediction(files[i], np.asarray(run(preprocess(files[i], loaded.size, trim)[None]))[0])
+            images = preprocess(files[i], loaded.sizes, trim)
+            return Prediction(files[i], np.asarray(run(*(image[None] for image in images)))[0])
         except BadInput as e:
             return Prediction(files[i], error=str(e))
 
     done = 0
-    for indices, images in image_batches(files, loaded.size, trim, files=True, batch=batch):
-        for i, p in zip(indices.numpy(), np.asarray(run(images))):
+    for indices, images in image_batches(files, loaded.sizes, trim, files=True, batch=batch):
+        for i, p in zip(indices.numpy(), np.asarray(run(*images))):
             yield from (one(j) for j in range(done, i))
             yield Prediction(files[i], p)
             done = i + 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import html
 import io
 import math
@@ -23,7 +24,7 @@ import pandas as pd
 
 from common import status, table
 from common.config import Sweep, Variant
-from common.errors import EXIT_BAD_INPUT, AquariumError
+from common.errors import EXIT_BAD_INPUT, AquariumError, BadInput
 from common.status import FINISHED, read_json
 from common.store import Store, join
 
@@ -64,10 +65,32 @@ class VariantResult:
     config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     history: pd.DataFrame | None = None
+    prefix: str = ""  # where its artefacts are in the store
 
     @property
     def name(self) -> str:
         return self.variant.name
+
+    @property
+    def kind(self) -> str:
+        return self.variant.kind
+
+    @property
+    def layers(self) -> str:
+        return layers_label(self.variant)
+
+    @property
+    def config_hash(self) -> str:
+        return self.variant.config_hash
+
+    @property
+    def image_size(self) -> int | list[int]:
+        return self.variant.image_size
+
+    @property
+    def card_config(self) -> dict:
+        """What the model card says the model is."""
+        return self.config or {"variant": self.variant.model_dump()}
 
     @property
     def finished(self) -> bool:
@@ -93,6 +116,38 @@ class VariantResult:
         return list(self.metrics.get("classes") or [])
 
 
+@dataclass
+class EnsembleResult(VariantResult):
+    """The ensemble row (common.ensemble): the mean of `members`' probabilities; `variant` is None."""
+
+    label: str = ""
+    members: list[VariantResult] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    @property
+    def kind(self) -> str:
+        return "ensemble"
+
+    @property
+    def layers(self) -> str:
+        return "mean of " + ", ".join(m.name for m in self.members)
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(" ".join(m.config_hash for m in self.members).encode()).hexdigest()[:12]
+
+    @property
+    def image_size(self) -> list[int]:
+        return sorted({m.variant.image_size for m in self.members})
+
+    @property
+    def card_config(self) -> dict:
+        return {"ensemble": {m.name: m.card_config for m in self.members}}
+
+
 def _num(x) -> float:
     """A metric as a float, NaN when absent, so missing values sort last and print as blanks."""
     try:
@@ -113,7 +168,8 @@ def read_variant(store: Store, sweep: Sweep, variant: Variant) -> VariantResult:
     its metrics -- a finished variant whose metrics.json is missing or unreadable counts as failed."""
     prefix = sweep.variant_prefix(variant.name)
     seen = status.read(store, sweep, variant)
-    result = VariantResult(variant, seen.state, seen.error, seen.status, read_json(store, join(prefix, "config.json")))
+    result = VariantResult(variant, seen.state, seen.error, seen.status, read_json(store, join(prefix, "config.json")),
+                           prefix=prefix)
     if seen.state not in ("stale", "missing"):
         result.history = _history(store, join(prefix, "history.csv"))
     if seen.finished:
@@ -128,6 +184,31 @@ def read_variant(store: Store, sweep: Sweep, variant: Variant) -> VariantResult:
 def collect(store: Store, sweep: Sweep) -> list[VariantResult]:
     """Every variant of the spec, in spec order."""
     return [read_variant(store, sweep, v) for v in sweep.variants]
+
+
+def ensemble_row(store: Store, sweep: Sweep, results: list[VariantResult], write: bool) -> EnsembleResult | None:
+    """The `ensemble_top_k` row: the mean of the k best finished variants by validation (fewer when fewer have
+    finished; none below two). `write`: save its model and files (aggregate); else metrics only (report)."""
+    from common import ensemble
+
+    members = sorted((r for r in results if r.finished), key=selection_key)[:sweep.ensemble_top_k]
+    if sweep.ensemble_top_k < 2 or len(members) < 2:
+        return None
+    label = ensemble.ensemble_name(len(members))
+    row = EnsembleResult(None, FINISHED, config={"dataset_fingerprint": members[0].config.get("dataset_fingerprint")},
+                         prefix=join(sweep.prefix, "ensembles", label), label=label, members=members)
+    prefixes = {m.name: m.prefix for m in members}
+    try:
+        if any(m.classes != members[0].classes for m in members):
+            raise BadInput(f"{label}: its members were trained on different class lists")
+        if write:
+            info = {m.name: {"config_hash": m.config_hash, "val_accuracy": m.val_accuracy} for m in members}
+            row.metrics = ensemble.write_ensemble(store, row.prefix, label, prefixes, members[0].classes, info)
+        else:
+            row.metrics = ensemble.mean_predictions(store, prefixes, members[0].classes)[0]
+    except BadInput as e:
+        row.state, row.error = "failed", str(e)
+    return row
 
 
 def selection_key(r: VariantResult) -> tuple:
@@ -160,9 +241,9 @@ def leaderboard(results: list[VariantResult], robust: dict | None = None) -> pd.
         macro = r.split("test").get("macro") or {}
         best_epoch = r.metrics.get("best_epoch")
         rows.append({
-            "rank": rank if r.finished else None, "variant": r.name, "kind": r.variant.kind,
-            "layers": layers_label(r.variant), "lr_factor": r.variant.lr_factor,
-            "lr_patience": r.variant.lr_patience, "best_epoch": best_epoch,
+            "rank": rank if r.finished else None, "variant": r.name, "kind": r.kind, "layers": r.layers,
+            "lr_factor": r.variant.lr_factor if r.variant else None,
+            "lr_patience": r.variant.lr_patience if r.variant else None, "best_epoch": best_epoch,
             "val_accuracy": r.val_accuracy, "val_loss": r.val_loss, "test_accuracy": r.test_accuracy,
             **{f"test_{k}": _num(macro.get(k)) for k in MACRO},
             "state": r.state, "error": r.error,
@@ -447,8 +528,8 @@ def render_html(summary: dict, board: pd.DataFrame, results: list[VariantResult]
         state = "" if r.finished else f" <small>({esc(r.state)})</small>"
         if body or r.finished:
             parts.append(f"<section id='v-{esc(r.name)}'><h2>{esc(r.name)}{state}</h2>"
-                         f"<p class='note'>{esc(r.variant.kind)}, layers {esc(layers_label(r.variant))}, "
-                         f"config {esc(r.variant.config_hash)}</p>{body}</section>")
+                         f"<p class='note'>{esc(r.kind)}, layers {esc(r.layers)}, "
+                         f"config {esc(r.config_hash)}</p>{body}</section>")
     parts.append("</main></body></html>")
     return "\n".join(parts)
 
@@ -483,12 +564,13 @@ def render_markdown(summary: dict, board: pd.DataFrame, results: list[VariantRes
 def best_card(sweep: Sweep, best: VariantResult) -> dict:
     """What someone who finds `best/model.keras` needs to trust and use it."""
     return {
-        "sweep": sweep.name, "variant": best.name, "kind": best.variant.kind,
-        "config_hash": best.variant.config_hash, "config": best.config or {"variant": best.variant.model_dump()},
+        "sweep": sweep.name, "variant": best.name, "kind": best.kind,
+        "config_hash": best.config_hash, "config": best.card_config,
         "dataset_fingerprint": best.config.get("dataset_fingerprint"), "classes": best.classes,
-        "image_size": best.variant.image_size, "metrics": best.metrics, "chosen_by": CHOSEN_BY,
-        "source": sweep.variant_prefix(best.name) + "/model.keras",
-        "input": "float32 images 0..255 [S,S,3] from common.pipeline.decode_pad_resize; output softmax",
+        "image_size": best.image_size, "metrics": best.metrics, "chosen_by": CHOSEN_BY,
+        "source": best.prefix + "/model.keras",
+        "input": "float32 images 0..255 [S,S,3] from common.pipeline.decode_pad_resize (one input per size for an "
+                 "ensemble); output softmax",
     }
 
 
@@ -498,10 +580,10 @@ def copy_best(store: Store, sweep: Sweep, best: VariantResult) -> str:
     store.delete_prefix(prefix)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "model.keras"
-        store.download(join(sweep.variant_prefix(best.name), "model.keras"), local)
+        store.download(join(best.prefix, "model.keras"), local)
         store.upload(join(prefix, "model.keras"), local)
     store.put_json(join(prefix, "model_card.json"), best_card(sweep, best))
-    store.mark_complete(prefix, {"variant": best.name, "config_hash": best.variant.config_hash})
+    store.mark_complete(prefix, {"variant": best.name, "config_hash": best.config_hash})
     return prefix
 
 
@@ -514,7 +596,7 @@ def summarise(sweep: Sweep, store: Store, results: list[VariantResult], best: Va
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "chosen_by": CHOSEN_BY, "variants": len(results), "finished": sum(r.finished for r in results),
         "best": {"variant": best.name, "val_accuracy": best.val_accuracy, "val_loss": best.val_loss,
-                 "test_accuracy": best.test_accuracy, "config_hash": best.variant.config_hash},
+                 "test_accuracy": best.test_accuracy, "config_hash": best.config_hash},
         "best_prefix": join(sweep.prefix, "best"),
         "dataset_fingerprint": best.config.get("dataset_fingerprint"),
         "not_finished": [{"variant": r.name, "state": r.state, "error": r.error} for r in results if not r.finished],
@@ -545,9 +627,9 @@ def aggregate(store: Store, sweep: Sweep) -> tuple[dict, pd.DataFrame]:
     from common.robustness import measure_variants  # TensorFlow: only once there is something to measure
 
     results = collect(store, sweep)
+    results += [row for row in [ensemble_row(store, sweep, results, write=True)] if row]
     best = choose_best(results)
     copy_best(store, sweep, best)
-    robust = measure_variants(store, sweep.dataset.prefix,
-                              {r.name: sweep.variant_prefix(r.name) for r in results if r.finished})
+    robust = measure_variants(store, sweep.dataset.prefix, {r.name: r.prefix for r in results if r.finished})
     summary = write_report(store, sweep, results, best, robust)
     return summary, leaderboard(results, robust)

@@ -7,7 +7,7 @@ model itself must be robust) and on (what `predict` does by default) -- and meas
 its answer on the original (agreement) and how often it is right (accuracy), per kind of copy.
 
 A model enters as a `Classifier`: (JPEG bytes, trim) -> probabilities [N, classes]. `model_classifier` makes
-one from a Keras model and its input size; `ensemble_classifier` averages several, each at its own input size.
+one from a Keras model and its input sizes (an ensemble model, `common.ensemble`, has one input per size).
 """
 
 from __future__ import annotations
@@ -74,16 +74,17 @@ def framed_copy(jpeg: bytes, transform: Transform, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def model_classifier(model, size: int) -> Classifier:
-    """A Classifier for one Keras model (or any callable on float32 [B,S,S,3]) that takes `size`-px input."""
+def model_classifier(model, sizes: int | tuple[int, ...]) -> Classifier:
+    """A Classifier for one Keras model (or any callable on float32 [B,S,S,3]) with inputs of these sizes."""
     from common.predict import compiled, image_batches
 
-    run = compiled(model, size)
+    sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
+    run = compiled(model, sizes)
 
     def classify(jpegs: Sequence[bytes], trim: bool) -> np.ndarray:
         parts, indices = [], []
-        for index, images in image_batches(list(jpegs), size, trim, files=False):
-            parts.append(np.asarray(run(images)))
+        for index, images in image_batches(list(jpegs), sizes, trim, files=False):
+            parts.append(np.asarray(run(*images)))
             indices.append(index.numpy())
         if sum(map(len, indices)) != len(jpegs):
             missing = sorted(set(range(len(jpegs))) - set(np.concatenate(indices or [[]]).tolist()))
@@ -91,11 +92,6 @@ def model_classifier(model, size: int) -> Classifier:
         return np.concatenate(parts)
 
     return classify
-
-
-def ensemble_classifier(members: Sequence[Classifier]) -> Classifier:
-    """The mean of several classifiers' probabilities (each preprocesses at its own input size)."""
-    return lambda jpegs, trim: np.mean([member(jpegs, trim) for member in members], axis=0)
 
 
 def robustness(classify: Classifier, jpegs: Sequence[bytes], labels: Sequence[int],
@@ -189,7 +185,7 @@ def measure_variants(store: Store, data_prefix: str, variant_prefixes: dict[str,
             if unknown:
                 raise BadInput(f"the model has no class {unknown[0]!r} of the validation photos")
             labels = [loaded.classes.index(c) for c, _ in photos]
-            models[name] = (model_classifier(loaded.model, loaded.size), labels)
+            models[name] = (model_classifier(loaded.model, loaded.sizes), labels)
         except BadInput as e:
             failed[name] = {"error": f"not measured: {e}"}
     try:

@@ -35,8 +35,8 @@ from common.augment import AugmentingTrainer, train_boxes
 from common.config import Sweep, Variant
 from common.data import SPLITS
 from common.errors import AquariumError, BadInput, Interrupted, TransientError
-from common.metrics import classification_metrics, cross_entropy
-from common.models import build_cnn, build_finetune, compile_model
+from common.metrics import evaluation
+from common.models import build_cnn, build_finetune, compile_model, inference_model
 from common.pipeline import batches_per_epoch, input_pipeline, tensors_from_bytes
 from common.status import is_current, marker, stale_reason
 from common.store import Store, fetch_object, join
@@ -333,25 +333,17 @@ def load_checkpoint(store: Store, prefix: str, variant: Variant, num_classes: in
     return model, state
 
 
-def evaluate(model, data: Data, variant: Variant) -> tuple[dict, str]:
-    """metrics.json content and predictions.csv text for the val and test splits (test is only evaluated)."""
-    metrics, rows = {"classes": data.classes}, []
-    for split, key in (("valid", "val"), ("test", "test")):
+def evaluate(model: keras.Model, data: Data, variant: Variant) -> tuple[dict, str]:
+    """metrics.json content and predictions.csv text for the val and test splits (test is only evaluated), from
+    the inference `model` exactly as it is saved (`models.inference_model`: with test-time flips if set)."""
+    splits = {}
+    for split in ("valid", "test"):
         part = data.splits[split]
         ds = input_pipeline(part["images"], part["labels"], variant, training=False)
+        ds = ds.map(lambda images, labels: tf.cast(images, tf.float32))
         probs = model.predict(ds, verbose=0) if len(part["labels"]) else np.zeros((0, len(data.classes)))
-        predicted = probs.argmax(axis=1)
-        result = classification_metrics(part["labels"], predicted, data.classes)
-        result["loss"] = cross_entropy(probs, part["labels"])
-        metrics[key] = result
-        metrics[f"{key}_accuracy"], metrics[f"{key}_loss"] = result["accuracy"], result["loss"]
-        for name, t, p, pr in zip(part["filenames"], part["labels"], predicted, probs):
-            rows.append([split, str(name), data.classes[t], data.classes[p], *(f"{x:.6f}" for x in pr)])
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["split", "file", "true", "predicted", *(f"p_{c}" for c in data.classes)])
-    writer.writerows(rows)
-    return metrics, out.getvalue()
+        splits[split] = (part["labels"], probs, part["filenames"])
+    return evaluation(data.classes, splits)
 
 
 def fit(model, data: Data, variant: Variant, callbacks: list, initial_epoch: int):
@@ -421,13 +413,14 @@ def _run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool, held
         fit_seconds = time.perf_counter() - started
         # Evaluate on val and test with the best epoch's weights
         reporter.update(phase="evaluating")
-        metrics, predictions = evaluate(model, data, variant)
+        net = inference_model(model.net, variant)
+        metrics, predictions = evaluate(net, data, variant)
         history = checkpoint.history
         best_epoch = int(early_stop.best_epoch) + 1 if early_stop.best is not None else len(history)
         metrics.update(best_epoch=best_epoch, epochs_run=len(history), config_hash=variant.config_hash,
                        dataset_fingerprint=data.fingerprint, fit_seconds=fit_seconds, bytes_read=data.bytes_read)
         # Publish: model, predictions, metrics, status, job.log -- and `_SUCCESS` last
-        publish(reporter, model, predictions, metrics)
+        publish(reporter, net, predictions, metrics)
         return metrics
 
 
@@ -440,10 +433,11 @@ def write_config(store: Store, sweep: Sweep, variant: Variant, data: Data) -> No
     })
 
 
-def publish(reporter: Reporter, model, predictions: str, metrics: dict) -> None:
-    """Write the results in the order readers rely on: everything first, `_SUCCESS` (common.status.marker) last."""
+def publish(reporter: Reporter, net: keras.Model, predictions: str, metrics: dict) -> None:
+    """Write the results in the order readers rely on: everything first, `_SUCCESS` (common.status.marker) last.
+    `net` is the inference model: no training-step augmentation, test-time flips if the variant has them."""
     store, prefix, variant = reporter.store, reporter.prefix, reporter.variant
-    model.net.save(reporter.workdir / "model.keras")  # the inference model: no training-step augmentation
+    net.save(reporter.workdir / "model.keras")
     store.upload(join(prefix, "model.keras"), reporter.workdir / "model.keras")
     store.put_text(join(prefix, "predictions.csv"), predictions)
     store.put_json(join(prefix, "metrics.json"), metrics)

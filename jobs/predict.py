@@ -34,7 +34,7 @@ def command(model_ref, config_path, store, trim, images):
         config_path = "sweep.yaml"
     sweep = resolve(load_sweep(config_path), store=store) if config_path else None
     loaded = load(model_ref, sweep, store)
-    click.echo(f"model: {loaded.source} ({loaded.size} px, classes {', '.join(loaded.classes)})", err=True)
+    click.echo(f"model: {loaded.source} ({loaded.size_text} px, classes {', '.join(loaded.classes)})", err=True)
     files, notes = expand(list(images))
     for note in notes:
         click.echo(f"note: {note}", err=True)

@@ -27,19 +27,19 @@ def sweep_spec(names_kinds: list[tuple[str, str]], name: str = "rep"):
                         "variants": variants})
 
 
-def tiny_model_bytes(path: Path) -> bytes:
+def tiny_model_bytes(path: Path, size: int = SIZE, seed: int = 0, name: str | None = None) -> bytes:
     """A real model.keras: Standardize (the project's custom layer) -> conv -> softmax over the 7 classes."""
     import keras
 
     from common.models import Standardize
 
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3), name="image")
     x = Standardize()(inputs)
     x = keras.layers.Conv2D(4, 3, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(len(CLASSES), activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
+    model = keras.Model(inputs, outputs, name=name)
     model.save(path)
     return path.read_bytes()
 

@@ -66,7 +66,7 @@ def test_predict_uses_decode_pad_resize(model_dir, images):
     from common.predict import classify, load
 
     loaded = load(str(model_dir / "model.keras"))
-    assert loaded.size == SIZE and loaded.classes == list(reversed(CLASSES))
+    assert loaded.sizes == (SIZE,) and loaded.classes == list(reversed(CLASSES))
     out = list(classify(loaded, [str(images["wide"]), str(images["tall"])], trim=False))
     for p, name in zip(out, ("wide", "tall")):
         assert not p.error
@@ -300,7 +300,8 @@ def test_robustness_measures_agreement_and_accuracy_per_copy(model_dir):
     import keras
 
     import common.models  # noqa: F401
-    from common.robustness import COPIES, ensemble_classifier, model_classifier, robustness
+    from common.ensemble import ensemble_model
+    from common.robustness import COPIES, model_classifier, robustness
 
     jpegs = [encode(photo(160, 90, seed, scale=0.4)) for seed in range(6)]  # dark photos: class 0
     labels = [0, 0, 0, 0, 0, 1]
@@ -315,11 +316,12 @@ def test_robustness_measures_agreement_and_accuracy_per_copy(model_dir):
     assert white["trimmed_agreement"] == 1.0  # trimming gives the photo back
     assert result["min_agreement"] == 0.0 and result["agreement"] == pytest.approx(2 / 3)
     assert result["trimmed_min_agreement"] == 1.0
-    # a real saved model and an ensemble of models at two input sizes go through the same interface
-    tiny = model_classifier(keras.models.load_model(model_dir / "model.keras", compile=False), SIZE)
-    both = ensemble_classifier([tiny, model_classifier(brightness_model(48), 48)])
+    # a real saved model and an ensemble model of two input sizes go through the same interface
+    tiny_model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    tiny, bright = model_classifier(tiny_model, SIZE), brightness_model(48)
+    both = model_classifier(ensemble_model([tiny_model, bright], "both"), (SIZE, 48))
     np.testing.assert_allclose(both(jpegs, False), (tiny(jpegs, False) + model_classifier(
-        brightness_model(48), 48)(jpegs, False)) / 2, atol=1e-6)
+        bright, 48)(jpegs, False)) / 2, atol=1e-6)
     full = robustness(tiny, jpegs[:2], labels[:2])
     assert set(full["copies"]) == set(COPIES)
     assert all(0 <= v <= 1 for row in full["copies"].values() for v in row.values())
