@@ -61,7 +61,7 @@ def open_env_store(uri, env):
 
 def test_cnn_variant_writes_every_artefact_and_metrics_match_predictions(prepared, tmp_path):
     uri, env = prepared
-    config = spec(tmp_path)
+    config = spec(tmp_path, **{"cnn-a": {"test_time_flip": True}})  # evaluated and saved flip-averaged
     done = aquarium("train-variant", "--config", config, "--variant", "cnn-a", "--store", uri, env=env)
     assert done.returncode == 0, done.stderr
     sweep = load_sweep(config)
@@ -121,6 +121,8 @@ def test_cnn_variant_writes_every_artefact_and_metrics_match_predictions(prepare
     got = model.predict(test["images"].astype("float32"), verbose=0)
     want = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows if r["split"] == "test"])
     assert np.allclose(got, want, atol=1e-4)
+    mirrored = model.predict(test["images"][:, :, ::-1].astype("float32"), verbose=0)
+    assert np.allclose(got, mirrored, atol=1e-5)  # test_time_flip: the same answer for the mirror image
 
 
 def test_rerun_skips_finished_variant_and_force_retrains(prepared, tmp_path):
