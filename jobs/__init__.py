@@ -28,6 +28,9 @@ def open_sweep(config_path: str, **overrides):
     return sweep, open_store(sweep.store, sweep.endpoint)
 
 
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process that SIGPIPE ended: `cat`, `grep` ... | head
+
+
 def exits_cleanly(fn):
     """Run a job body; on a known error print one line (what, where, how to fix) and exit with its code."""
 
@@ -38,6 +41,9 @@ def exits_cleanly(fn):
         except AquariumError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except BrokenPipeError:  # the reader went away (`predict ... | head`): stop quietly, as `cat` would
+            _quiet_stdout()
+            sys.exit(EXIT_BROKEN_PIPE)
         except (ConnectionError, TimeoutError) as e:
             click.echo(f"error: transient: {e}", err=True)
             sys.exit(EXIT_TRANSIENT)

@@ -126,6 +126,17 @@ def test_folder_and_best_model_from_s3(s3_env, model_dir, tmp_path):
     assert f"note: {album}: skipped 1 non-JPEG files" in run.stderr
 
 
+def test_a_reader_that_goes_away_ends_predict_quietly(model_dir, images):
+    """`aquarium predict ... | head`: the reader closes the pipe; predict stops without a traceback or error line."""
+    child = subprocess.Popen([sys.executable, "-m", "jobs.cli", "predict", "--model", str(model_dir / "model.keras"),
+                              str(images["wide"]), str(images["tall"])], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    child.stdout.close()  # before predict writes its first line
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "error:" not in stderr and "Broken pipe" not in stderr
+
+
 def test_missing_model_is_one_clear_error(tmp_path):
     run = _predict("--model", str(tmp_path / "nothing-here"), "x.jpg")
     assert run.returncode == 2
