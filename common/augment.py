@@ -107,35 +107,50 @@ def _edge_fill(images: tf.Tensor, boxes: tf.Tensor) -> tf.Tensor:
     return tf.gather(tf.gather(images, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
 
 
+# A refill's kind and its share: flat colours dominate, because that is how editors and phone apps letterbox.
+FILLS = {"colour": 0.3, "grey": 0.3, "noise": 0.1, "edge": 0.15, "mean": 0.15}
+
+
+def flat_level(shape, seed: tf.Tensor, stream: int) -> tf.Tensor:
+    """Uniform 0..255 with a sixth of the draws exactly 0 and a sixth exactly 255: black and white bars, the
+    commonest frames, are drawn often, not as the rare corners of a uniform cube."""
+    u = tf.random.stateless_uniform(shape, seed=draw_seed(seed, stream), minval=-0.25, maxval=1.25)
+    return 255.0 * tf.clip_by_value(u, 0.0, 1.0)
+
+
 def refill_frame(images: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor, p: float) -> tf.Tensor:
-    """With probability p per image, the pad bars get another fill: a random colour, uniform noise, the edge
-    pixels of the photo repeated, or the photo's mean colour (one of the four, uniformly) -- so the model cannot
-    learn `prepare`'s black bars. float32 [n,S,S,3] in and out."""
+    """With probability p per image, the pad bars get another fill (FILLS): a flat colour, a flat grey level
+    (black and white included, `flat_level`), uniform noise, the edge pixels of the photo repeated, or the
+    photo's mean colour -- so the model cannot learn `prepare`'s black bars. float32 [n,S,S,3] in and out."""
     n, size = tf.shape(images)[0], images.shape[1]
     inside = _inside(boxes, size)
     weight = tf.cast(inside, tf.float32)[..., None]
     mean = tf.reduce_sum(images * weight, (1, 2), keepdims=True) / tf.maximum(
         tf.reduce_sum(weight, (1, 2), keepdims=True), 1.0)
-    colour = tf.random.stateless_uniform([n, 1, 1, 3], seed=draw_seed(seed, 14), maxval=255.0)
+    colour = flat_level([n, 1, 1, 3], seed, 14)
+    grey = tf.tile(flat_level([n, 1, 1, 1], seed, 20), [1, 1, 1, 3])
     noise = tf.random.stateless_uniform(tf.shape(images), seed=draw_seed(seed, 15), maxval=255.0)
     shape = tf.shape(images)
-    fills = tf.stack([tf.broadcast_to(colour, shape), noise, _edge_fill(images, boxes),
-                      tf.broadcast_to(mean, shape)], 1)
-    kind = tf.random.stateless_uniform([n], seed=draw_seed(seed, 13), maxval=4, dtype=tf.int32)
+    fills = tf.stack([tf.broadcast_to(colour, shape), tf.broadcast_to(grey, shape), noise,
+                      _edge_fill(images, boxes), tf.broadcast_to(mean, shape)], 1)
+    logits = tf.math.log([list(FILLS.values())])
+    kind = tf.random.stateless_categorical(tf.tile(logits, [n, 1]), 1, seed=draw_seed(seed, 13))[:, 0]
     fill = tf.gather(fills, kind, axis=1, batch_dims=1)
     replace = ~inside & (_uniform(n, seed, 16, 0.0, 1.0) < p)[:, None, None]
     return tf.where(replace[..., None], fill, images)
 
 
-def add_border(images: tf.Tensor, seed: tf.Tensor, p: float) -> tf.Tensor:
-    """With probability p per image, a border of one random colour, 1 px to 6 % of the side wide."""
+def add_border(images: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor, p: float) -> tf.Tensor:
+    """With probability p per image, a border of one flat colour (`flat_level`), 1 px to 6 % of the side wide,
+    on the photo's own edges (inside its content box), as a frame a user's tool puts round the photo."""
     n, size = tf.shape(images)[0], images.shape[1]
-    width = 1.0 + tf.floor(_uniform(n, seed, 17, 0.0, 0.06 * size))
-    centres = tf.range(size, dtype=tf.float32)
-    distance = tf.minimum(centres, size - 1 - centres)  # to the nearest edge, per row or column
-    on = (distance[None, :, None] < width[:, None, None]) | (distance[None, None, :] < width[:, None, None])
+    width = 1.0 + tf.floor(_uniform(n, seed, 17, 0.0, 0.06 * size))[:, None, None]
+    px, centres = boxes * size, tf.range(size, dtype=tf.float32) + 0.5
+    rows = tf.minimum(centres[None] - px[:, 0:1], px[:, 2:3] - centres[None])[:, :, None]  # distance to the edge
+    cols = tf.minimum(centres[None] - px[:, 1:2], px[:, 3:4] - centres[None])[:, None, :]
+    on = _inside(boxes, size) & ((rows < width) | (cols < width))
     on &= (_uniform(n, seed, 18, 0.0, 1.0) < p)[:, None, None]
-    colour = tf.random.stateless_uniform([n, 1, 1, 3], seed=draw_seed(seed, 19), maxval=255.0)
+    colour = flat_level([n, 1, 1, 3], seed, 19)
     return tf.where(on[..., None], tf.broadcast_to(colour, tf.shape(images)), images)
 
 
@@ -158,7 +173,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, variant: Variant, boxes: t
             images=images, transforms=transforms, output_shape=[size, size], fill_value=0.0,
             interpolation="BILINEAR", fill_mode="NEAREST" if a.frame else "CONSTANT")
     if a.border:
-        images = add_border(images, seed, a.border)
+        images = add_border(images, boxes, seed, a.border)
     if a.contrast:
         factor = tf.reshape(_uniform(n, seed, 5, 1 - a.contrast, 1 + a.contrast), [n, 1, 1, 1])
         mean = tf.reduce_mean(images, axis=(1, 2), keepdims=True)

@@ -53,12 +53,12 @@ class Augment(Strict):
     mixup: float = Field(0.0, ge=0, le=1.0)  # Beta(alpha, alpha) of mixup; 0 = off
     # frame-robust (issue 13; needs the content boxes `prepare` stores): per-image probabilities of
     frame: float = Field(0.0, ge=0, le=1.0)  # refilling the pad bars: random colour, noise, edge or mean fill
-    border: float = Field(0.0, ge=0, le=1.0)  # a random-coloured border, 1 px to 6 % of the side
+    border: float = Field(0.0, ge=0, le=1.0)  # a flat-coloured border on the photo's edges, 1 px to 6 % of the side
     content_crop: float = Field(0.0, ge=0, le=1.0)  # a square crop inside the photo: no bars at all
 
     @property
     def uses_boxes(self) -> bool:
-        return bool(self.frame or self.content_crop)
+        return bool(self.frame or self.content_crop or self.border)
 
 
 class Resources(Strict):

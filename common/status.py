@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 from common.config import Sweep, Variant
 from common.store import Store, join
 
-TRAINING_REVISION = 2  # 2: augmentation, mixup and dropout inside the training step (issue 14)
+TRAINING_REVISION = 3  # 2: augmentation, mixup and dropout inside the training step (issue 14); 3: frame fills
+# weighted to flat colours, borders on the photo's edges (issue 13)
 """Bump by one whenever a change to the code or to a default changes what an existing config trains to (a new
 default value, another augmentation, loss, optimizer or evaluation). Every `_SUCCESS` and checkpoint of an
 older revision then reads as stale, and a rerun trains those variants afresh instead of skipping them.
