@@ -112,9 +112,9 @@ FILLS = {"colour": 0.3, "grey": 0.3, "noise": 0.1, "edge": 0.15, "mean": 0.15}
 
 
 def flat_level(shape, seed: tf.Tensor, stream: int) -> tf.Tensor:
-    """Uniform 0..255 with a sixth of the draws exactly 0 and a sixth exactly 255: black and white bars, the
+    """Uniform 0..255 with a quarter of the draws exactly 0 and a quarter exactly 255: black and white bars, the
     commonest frames, are drawn often, not as the rare corners of a uniform cube."""
-    u = tf.random.stateless_uniform(shape, seed=draw_seed(seed, stream), minval=-0.25, maxval=1.25)
+    u = tf.random.stateless_uniform(shape, seed=draw_seed(seed, stream), minval=-0.5, maxval=1.5)
     return 255.0 * tf.clip_by_value(u, 0.0, 1.0)
 
 

@@ -94,6 +94,9 @@ class Variant(Strict):
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
     jit_compile: bool = False  # XLA: slower on CPU for these models (bench/RESULTS.md)
     # cnn
+    # input scaling: per-image standardisation (the seed's) or one fixed scale to -1..1 (a frame's colour cannot
+    # change how the photo itself is scaled)
+    input_norm: Literal["image", "fixed"] = "image"
     conv_layers: int = Field(3, ge=3, le=8)
     filters: list[int] = [32, 64, 128]
     kernel_size: int = Field(3, ge=1, le=11)

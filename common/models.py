@@ -93,7 +93,10 @@ def build_cnn(variant: Variant, num_classes: int) -> keras.Model:
     """
     apply_precision(variant)
     inputs = keras.Input((variant.image_size, variant.image_size, 3), name="image")
-    x = Standardize(name="standardize", dtype="float32")(inputs)
+    if variant.input_norm == "image":
+        x = Standardize(name="standardize", dtype="float32")(inputs)
+    else:  # one fixed scale for every image: a frame adds bright or dark pixels but leaves the photo's values alone
+        x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale", dtype="float32")(inputs)
     for i, filters in enumerate(variant.filters):
         x = layers.Conv2D(filters, variant.kernel_size, padding="same", use_bias=not variant.batch_norm,
                           name=f"conv{i + 1}")(x)

@@ -184,3 +184,24 @@ def test_mixed_precision_trains_with_float32_softmax_and_auto_follows_the_hardwa
         assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def test_input_norm_per_image_ignores_global_contrast_and_fixed_keeps_the_photos_values(tmp_path):
+    """`image` (the seed's per-image standardisation) answers the same for a photo at half contrast; `fixed`
+    scales every image the same way (0..255 -> -1..1), so a frame's colour cannot rescale the photo."""
+    import keras
+
+    from common.models import build_cnn
+    from common.predict import load
+
+    x = np.random.default_rng(3).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    half = 0.5 * (x - x.mean()) + x.mean()
+    per_image = build_cnn(Variant(name="i", image_size=32), 7)
+    np.testing.assert_allclose(per_image(x), per_image(half), atol=1e-5)
+    fixed = build_cnn(Variant(name="f", image_size=32, input_norm="fixed"), 7)
+    fixed.save(tmp_path / "model.keras")
+    loaded = load(str(tmp_path / "model.keras")).model
+    first = keras.Model(loaded.inputs, loaded.get_layer("rescale").output)
+    levels = np.broadcast_to(np.array([0.0, 127.5, 255.0], np.float32), (1, 32, 32, 3))
+    np.testing.assert_allclose(np.asarray(first(levels))[0, 0, 0], [-1.0, 0.0, 1.0], atol=1e-6)
+    assert np.abs(np.asarray(loaded(x)) - np.asarray(loaded(half))).max() > 1e-4
