@@ -32,18 +32,7 @@ from common.models import cpu_has_bf16, resolve_precision  # noqa: E402
 from common.store import open_store  # noqa: E402
 from common.train import build_model, fit, load_data  # noqa: E402
 
-
-class EpochTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times, self.val_accuracy = [], None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
-        self.val_accuracy = (logs or {}).get("val_accuracy")
+from bench_train import EpochTimer  # noqa: E402  (bench/ is this script's own folder on sys.path)
 
 
 def one_run(store, data, variant, setting: str, epochs: int) -> tuple[list[float], float]:

@@ -30,15 +30,18 @@ from common.train import Reporter, StoreCheckpoint, build_model, fit, load_data 
 
 
 class EpochTimer(keras.callbacks.Callback):
+    """Each epoch's wall time, and the last epoch's val accuracy (bench_precision imports it too)."""
+
     def __init__(self):
         super().__init__()
-        self.times = []
+        self.times, self.val_accuracy = [], None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         self.times.append(time.perf_counter() - self.start)
+        self.val_accuracy = (logs or {}).get("val_accuracy")
 
 
 def wrapper_epochs(store, sweep, variant, data, workdir) -> list[float]:
