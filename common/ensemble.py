@@ -72,6 +72,7 @@ def ensemble_model(members: list, name: str):
 
 
 def load_members(store: Store, members: dict[str, str], workdir: Path) -> list:
+    """The members' saved models, in order; BadInput naming the first that cannot be loaded."""
     import keras
 
     import common.models  # noqa: F401  registers the custom layers before deserialising
@@ -79,8 +80,13 @@ def load_members(store: Store, members: dict[str, str], workdir: Path) -> list:
     models = []
     for name, prefix in members.items():
         local = workdir / f"{name}.keras"
-        store.download(join(prefix, "model.keras"), local)
-        models.append(keras.models.load_model(local, compile=False))
+        try:
+            store.download(join(prefix, "model.keras"), local)
+            models.append(keras.models.load_model(local, compile=False))
+        except Exception as e:  # missing, truncated or not a Keras file: this row fails, the report does not
+            reason = " ".join(str(e).split())[:100]
+            raise BadInput(f"ensemble: {name}'s model {store.url(join(prefix, 'model.keras'))} cannot be loaded "
+                           f"({reason}): rerun that variant with --force") from None
     return models
 
 

@@ -179,6 +179,17 @@ def test_misaligned_members_make_a_failed_row_not_a_failed_aggregate(store, tmp_
     assert store.is_complete("sweeps/ens/ensembles/ensemble-top2") is None
 
 
+def test_a_member_model_that_cannot_be_loaded_fails_the_row_not_the_aggregate(store, tmp_path):
+    sweep = spec(2, {"a": 32, "b": 32})
+    first, second = halves(VAL)
+    write_variant(store, sweep, "a", first, first[:TEST], tiny_model_bytes(tmp_path / "m.keras", 32))
+    write_variant(store, sweep, "b", second, first[:TEST], b"not a zip")
+    summary, board = aggregate(store, sweep)
+    row = board.set_index("variant").loc["ensemble-top2"]
+    assert row["state"] == "failed" and "ensemble: b's model" in row["error"] and "cannot be loaded" in row["error"]
+    assert summary["best"]["variant"] in ("a", "b")
+
+
 def test_no_ensemble_row_when_off_or_fewer_than_two_finished(store, tmp_path):
     first, second = halves(VAL)
     model = tiny_model_bytes(tmp_path / "m.keras", 32)
