@@ -141,7 +141,7 @@ class EnsembleResult(VariantResult):
 
     @property
     def image_size(self) -> list[int]:
-        return sorted({m.variant.image_size for m in self.members})
+        return sorted({m.image_size for m in self.members})
 
     @property
     def card_config(self) -> dict:
