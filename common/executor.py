@@ -243,7 +243,8 @@ class Executor:
             # own session: Ctrl-C reaches the executor only, which then stops the children gracefully
             step.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=env, start_new_session=True)
-        step.state, step.started = "running", time.monotonic()
+        # a retry keeps the first start: the step's time includes its failed attempts and backoff waits
+        step.state, step.started, step.ended = "running", step.started or time.monotonic(), None
 
     def log_file(self, step: Step) -> TextIO:
         """The step's log, opened for appending; a disk full or a vanished folder is one error line."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 
 from artefacts import sweep_spec, write_variant
 from helpers import ROOT, aquarium
 
 from common.config import load_sweep
-from common.executor import default_parallel, docker_argv, job_argv
+from common.executor import Executor, Step, default_parallel, docker_argv, job_argv
 from common.status import status_rows
 from common.store import FileStore
 from common.table import render
@@ -83,3 +85,20 @@ def test_failed_prepare_stops_the_sweep(tmp_path):
     log = tmp_path / "store" / "logs" / "smoke" / "prepare.log"
     assert "no-such.zip" in log.read_text()
     assert not (tmp_path / "store" / "sweeps").exists()
+
+
+def test_a_retried_step_counts_its_time_from_its_first_start(tmp_path):
+    """A transient exit (75) queues a retry; once restarted, the live table shows time since the first start,
+    never a negative running time (the previous attempt's end minus the new start)."""
+    sweep = sweep_spec([("v", "cnn")]).model_copy(update={"store": f"file://{tmp_path}/store"})
+    executor = Executor(sweep, str(tmp_path / "sweep.yaml"), out=io.StringIO())
+    executor.command = lambda step: ([sys.executable, "-c", "raise SystemExit(75)"], dict(os.environ))
+    step = Step("train-variant", "v", [], tmp_path / "v.log")
+    executor.start(step)
+    step.proc.wait()
+    assert not executor.reap(step) and step.state == "retrying"
+    first_start = step.started
+    executor.start(step)  # the retry
+    assert step.started == first_start and step.ended is None
+    assert step.seconds >= 0 and step.describe().startswith("running ") and "-" not in step.describe()
+    step.proc.wait()
