@@ -154,26 +154,29 @@ def add_border(images: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor, p: float) -
     return tf.where(on[..., None], tf.broadcast_to(colour, tf.shape(images)), images)
 
 
-def augment_batch(images: tf.Tensor, seed: tf.Tensor, variant: Variant, boxes: tf.Tensor | None = None) -> tf.Tensor:
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, variant: Variant, boxes: tf.Tensor | None = None,
+                  frame_seed: tf.Tensor | None = None) -> tf.Tensor:
     """Random frame refill, flip, rotation, zoom, crop, content crop, border and contrast; ONE resampling pass.
 
     float32 [B,S,S,3] in and out; `boxes` [B,4] (the content boxes `prepare` stores) for the frame options.
     The geometric transforms are one affine map per image applied by a single bilinear
     `ImageProjectiveTransformV3` instead of one resampling per Keras layer (TensorFlow has a GPU kernel for it);
     outside the image it fills zeros, or repeats the edge when frame refills are on (no black corners to learn).
-    Contrast: factor U(1-c, 1+c) around each image's mean.
+    Contrast: factor U(1-c, 1+c) around each image's mean. `frame_seed` (default `seed`) keys the refill and the
+    border alone: two calls that differ only in it frame the same crop of the photo differently.
     """
     a, size = variant.augment, variant.image_size
     n = tf.shape(images)[0]
+    frame_seed = seed if frame_seed is None else frame_seed
     if a.frame:
-        images = refill_frame(images, boxes, seed, a.frame)
+        images = refill_frame(images, boxes, frame_seed, a.frame)
     if a.crop or a.zoom or a.rotation or a.flip or a.content_crop:
         transforms = tf.reshape(geometry(n, seed, variant, boxes), [n, 9])[:, :8]
         images = tf.raw_ops.ImageProjectiveTransformV3(
             images=images, transforms=transforms, output_shape=[size, size], fill_value=0.0,
             interpolation="BILINEAR", fill_mode="NEAREST" if a.frame else "CONSTANT")
     if a.border:
-        images = add_border(images, boxes, seed, a.border)
+        images = add_border(images, boxes, frame_seed, a.border)
     if a.contrast:
         factor = tf.reshape(_uniform(n, seed, 5, 1 - a.contrast, 1 + a.contrast), [n, 1, 1, 1])
         mean = tf.reduce_mean(images, axis=(1, 2), keepdims=True)
@@ -198,10 +201,31 @@ def mixup(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, alpha: float) -
 
 def augment_and_mix(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, variant: Variant,
                     num_classes: int, boxes: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-    """One training batch: uint8 images and label indices in, augmented float images and (soft) one-hot out."""
-    x = augment_batch(tf.cast(images, tf.float32), seed, variant, boxes)
+    """One training batch: uint8 images and label indices in, augmented float images and (soft) one-hot out.
+
+    With `augment.consistency` the batch is two views of the same photos stacked ([2B]): the same geometry,
+    contrast and mixup partner, other frame draws (`consistency_loss` compares their answers)."""
+    images = tf.cast(images, tf.float32)
+    views = [augment_batch(images, seed, variant, boxes)]
+    if variant.augment.consistency:
+        views.append(augment_batch(images, seed, variant, boxes, frame_seed=draw_seed(seed, 300)))
     y = tf.one_hot(tf.cast(labels, tf.int32), num_classes)
-    return mixup(x, y, seed, variant.augment.mixup) if variant.augment.mixup else (x, y)
+    if variant.augment.mixup:  # the same seed: each view is mixed with the same partner, by the same weight
+        views, ys = zip(*(mixup(x, y, seed, variant.augment.mixup) for x in views))
+        y = ys[0]
+    return tf.concat(views, 0), tf.concat([y] * len(views), 0)
+
+
+def consistency_loss(probs: tf.Tensor) -> tf.Tensor:
+    """Mean Jensen-Shannon divergence between the answers on the two stacked views [2B,C] (AugMix's loss):
+    zero only when a photo's answer does not depend on its frame."""
+    a, b = tf.split(tf.cast(probs, tf.float32), 2)
+    m = tf.clip_by_value((a + b) / 2, 1e-7, 1.0)
+
+    def kl(p):
+        return tf.reduce_sum(p * (tf.math.log(tf.clip_by_value(p, 1e-7, 1.0)) - tf.math.log(m)), -1)
+
+    return tf.reduce_mean((kl(a) + kl(b)) / 2)
 
 
 def train_boxes(split: dict, variant: Variant, where: str):
@@ -243,7 +267,16 @@ class AugmentingTrainer(keras.Model):
         for i, state in enumerate(seed_states(self.net)):
             state.assign(draw_seed(seed, 100 + i))
         x, y = augment_and_mix(x, y, seed, self.variant, self.num_classes, boxes)
+        if sample_weight is not None and self.variant.augment.consistency:  # one weight per view
+            sample_weight = tf.concat([sample_weight, sample_weight], 0)
         return super().train_step((x, y, sample_weight))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Keras' loss, plus `augment.consistency` x the divergence between the two frame views in training."""
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        if training and self.variant.augment.consistency:
+            loss = loss + tf.cast(self.variant.augment.consistency * consistency_loss(y_pred), loss.dtype)
+        return loss
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

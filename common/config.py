@@ -55,10 +55,19 @@ class Augment(Strict):
     frame: float = Field(0.0, ge=0, le=1.0)  # refilling the pad bars: random colour, noise, edge or mean fill
     border: float = Field(0.0, ge=0, le=1.0)  # a flat-coloured border on the photo's edges, 1 px to 6 % of the side
     content_crop: float = Field(0.0, ge=0, le=1.0)  # a square crop inside the photo: no bars at all
+    # weight of the frame-consistency loss: each photo is seen twice per step, same geometry, other frame draws,
+    # and the Jensen-Shannon divergence of the two answers is added to the loss; 0 = off
+    consistency: float = Field(0.0, ge=0)
 
     @property
     def uses_boxes(self) -> bool:
         return bool(self.frame or self.content_crop or self.border)
+
+    @model_validator(mode="after")
+    def _consistency_needs_frames(self):
+        if self.consistency and not (self.frame or self.border):
+            raise ValueError("consistency compares two frame draws of a photo: set frame or border above 0 too")
+        return self
 
 
 class Resources(Strict):

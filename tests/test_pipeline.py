@@ -153,6 +153,40 @@ def test_content_crop_removes_the_bars_and_border_adds_a_frame():
     assert np.allclose(framed[:, 16, 16], 100.0) and np.allclose(framed[:, :8], 0.0)  # not its centre, nor the bars
 
 
+def test_consistency_views_differ_only_in_their_frames_and_the_loss_sees_the_difference():
+    """Two views per photo: same crop, flip and mixup partner, other bars; the JS term is 0 only for equal answers."""
+    import keras
+
+    from common.augment import AugmentingTrainer, consistency_loss
+    from common.models import build_cnn, compile_model
+
+    images, boxes = letterboxed(8)
+    images = images.numpy().astype(np.uint8)
+    images[:, 8:24, :16] = 30  # a photo with a left and a right half, so flips and crops show
+    v = variant(flip=True, crop=0.2, frame=1.0, mixup=0.4, consistency=2.0)
+    x, y = augment_and_mix(images, np.arange(8) % 7, tf.constant([6, 7], tf.int64), v, 7, boxes)
+    a, b = np.split(x.numpy(), 2)
+    assert x.shape[0] == 16 and np.array_equal(*np.split(y.numpy(), 2))  # the same (mixed) labels twice
+    assert np.allclose(a[:, 12:20], b[:, 12:20], atol=1e-3)  # the same geometry and mix inside the photo ...
+    assert not np.allclose(a[:, :4], b[:, :4])  # ... other bars
+    same = tf.constant([[0.7, 0.3]] * 4 + [[0.7, 0.3]] * 4)
+    assert float(consistency_loss(same)) == pytest.approx(0.0, abs=1e-6)
+    assert float(consistency_loss(tf.constant([[0.9, 0.1]] * 4 + [[0.1, 0.9]] * 4))) > 0.3
+    with pytest.raises(ValueError, match="set frame or border"):
+        variant(consistency=1.0)
+    # a training step adds the term: same weights, views and draws, a larger weight gives a larger loss
+    small = {"filters": [4, 4, 4], "dense_units": 4}
+    losses = []
+    for weight in (1e-9, 50.0):
+        keras.utils.set_random_seed(0)
+        w = variant(epochs=1, frame=1.0, consistency=weight).model_copy(update=small)
+        trainer = compile_model(AugmentingTrainer(build_cnn(w, 7), w, 7), w)
+        history = trainer.fit(input_pipeline(images, np.arange(8) % 7, w, True, boxes=boxes.numpy()),
+                              steps_per_epoch=1, verbose=0)
+        losses.append(history.history["loss"][0])
+    assert losses[1] > losses[0]
+
+
 def test_frame_options_refuse_tensors_without_content_boxes():
     from common.augment import train_boxes
     from common.errors import BadInput
