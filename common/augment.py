@@ -1,7 +1,8 @@
 """Augmentation inside the training step: batches arrive as uint8, everything random happens in the model.
 
 `tf.data` only shuffles and batches the in-memory uint8 tensors (`pipeline.input_pipeline`); the cast, the
-frame-robust refills, the fused flip/rotation/zoom/crop/contrast resample and mixup run in
+frame-robust refills, the fused flip/rotation/zoom/crop/contrast resample, mixup and the second frame view of
+`augment.consistency` run in
 `AugmentingTrainer.train_step`, in the same compiled step as the forward pass and on the same device: on a GPU
 pod the host only copies uint8 batches. On a CPU the work per image is the same, but it no longer overlaps the
 previous step as tf.data did (bench/RESULTS.md: 0.80-0.96x wall per step on the loaded 2-core machine).

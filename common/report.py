@@ -406,6 +406,8 @@ def pictures(results: list[VariantResult], best: VariantResult, board: pd.DataFr
 def _cell(col: str, value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return ""
+    if isinstance(value, float) and col in ("lr_patience", "best_epoch"):  # floats only beside an ensemble's gap
+        return str(int(value))
     if isinstance(value, float) and col not in ("lr_factor",):
         return f"{value:.3f}"
     return str(value)

@@ -137,6 +137,9 @@ def test_ensemble_of_the_top_k_is_a_row_and_can_be_the_best_model(store, tmp_pat
     # `aquarium report` shows the same row without writing anything
     report = aquarium("report", "--config", spec_file)
     assert report.returncode == 0 and "ensemble-top2" in report.stdout and "best: ensemble-top2" in report.stdout
+    small_row = next(line for line in report.stdout.splitlines() if " small " in line)
+    patience = sweep.variant("small").lr_patience  # a whole number, even in a column beside the ensemble's gap
+    assert f" {patience} " in small_row and f" {patience}.000 " not in small_row
 
 
 def keep_validation_photos(store: FileStore) -> None:
