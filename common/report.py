@@ -254,7 +254,8 @@ def leaderboard(results: list[VariantResult], robust: dict | None = None) -> pd.
         df["robustness"] = [_num((measured.get(v) or {}).get("agreement")) for v in df["variant"]]
         df["robustness_trimmed"] = [_num((measured.get(v) or {}).get("trimmed_agreement")) for v in df["variant"]]
     df["rank"] = df["rank"].astype("Int64")
-    df["best_epoch"] = pd.to_numeric(df["best_epoch"], errors="coerce").astype("Int64")
+    for col in ("best_epoch", "lr_patience"):  # whole numbers, with gaps (the ensemble row has neither)
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     return df
 
 
@@ -406,8 +407,6 @@ def pictures(results: list[VariantResult], best: VariantResult, board: pd.DataFr
 def _cell(col: str, value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return ""
-    if isinstance(value, float) and col in ("lr_patience", "best_epoch"):  # floats only beside an ensemble's gap
-        return str(int(value))
     if isinstance(value, float) and col not in ("lr_factor",):
         return f"{value:.3f}"
     return str(value)
