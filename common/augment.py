@@ -221,12 +221,8 @@ def consistency_loss(probs: tf.Tensor) -> tf.Tensor:
     """Mean Jensen-Shannon divergence between the answers on the two stacked views [2B,C] (AugMix's loss):
     zero only when a photo's answer does not depend on its frame."""
     a, b = tf.split(tf.cast(probs, tf.float32), 2)
-    m = tf.clip_by_value((a + b) / 2, 1e-7, 1.0)
-
-    def kl(p):
-        return tf.reduce_sum(p * (tf.math.log(tf.clip_by_value(p, 1e-7, 1.0)) - tf.math.log(m)), -1)
-
-    return tf.reduce_mean((kl(a) + kl(b)) / 2)
+    m = (a + b) / 2
+    return tf.reduce_mean((keras.losses.kl_divergence(a, m) + keras.losses.kl_divergence(b, m)) / 2)
 
 
 def train_boxes(split: dict, variant: Variant, where: str):
