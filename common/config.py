@@ -1,6 +1,7 @@
 """The sweep spec: one YAML file names the sweep, its dataset, its store and its variants.
 
-Every variant is `defaults` deep-merged with the variant's own keys, then validated strictly (unknown keys and
+Every variant is `defaults` deep-merged with the variant's own keys (and with `extends: OTHER`, OTHER's own keys
+in between: `resolve_extends`), then validated strictly (unknown keys and
 wrong types are errors, named with their place in the file). The resolved variant is hashed; the hash goes into
 every artefact the variant writes, so a changed config is never mistaken for a finished one.
 
@@ -262,6 +263,38 @@ def _one_line(err: ValidationError, raw: dict, path: str) -> str:
     return f"{path}: {where}: {msg}{got}"
 
 
+def resolve_extends(variants: list, path: str) -> list:
+    """Every variant with `extends: OTHER` replaced by OTHER's own keys deep-merged under its own (OTHER's
+    `extends` followed first; its name never inherited), so a variant that differs from another in one key says
+    only that key. Defaults are merged afterwards, under both; the result, and so the config hash, is what
+    writing every key out would give. An unknown name or a cycle is one error line naming the place."""
+    index = {v["name"]: i for i, v in reversed(list(enumerate(variants)))
+             if isinstance(v, dict) and isinstance(v.get("name"), str)}
+
+    def own(i: int, chain: tuple[str, ...]) -> dict:
+        row = variants[i]
+        mine = {k: v for k, v in row.items() if k != "extends"}
+        if "extends" not in row:
+            return mine
+        parent, where = row["extends"], f"{path}: variants[{i}] {row['name']!r}.extends"
+        if not isinstance(parent, str) or parent not in index:
+            known = ", ".join(n for n in index if n != row["name"])
+            raise BadInput(f"{where}: no variant named {parent!r} in this spec: extend one of {known}")
+        if parent in chain:
+            cycle = " -> ".join(chain[chain.index(parent):] + (parent,))
+            raise BadInput(f"{where}: {cycle} is a cycle: let one of them list its keys instead of extending")
+        inherited = {k: v for k, v in own(index[parent], chain + (parent,)).items() if k != "name"}
+        return deep_merge(inherited, mine)
+
+    out = []
+    for i, v in enumerate(variants):
+        named = isinstance(v, dict) and isinstance(v.get("name"), str)
+        if isinstance(v, dict) and "extends" in v and not named:
+            raise BadInput(f"{path}: variants[{i}] extends {v['extends']!r} but has no name: give it one")
+        out.append(own(i, (v["name"],)) if named else v)
+    return out
+
+
 def parse_sweep(raw, path: str = "sweep.yaml") -> Sweep:
     """Validate a parsed YAML document; every variant gets the defaults merged in first."""
     if not isinstance(raw, dict):
@@ -276,6 +309,7 @@ def parse_sweep(raw, path: str = "sweep.yaml") -> Sweep:
     resolved = dict(raw)
     variants = raw.get("variants")
     if isinstance(variants, list):
+        variants = resolve_extends(variants, path)
         resolved["variants"] = [deep_merge(defaults, v) if isinstance(v, dict) else v for v in variants]
     try:
         sweep = Sweep.model_validate(resolved)
