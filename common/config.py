@@ -161,7 +161,7 @@ class Dataset(Strict):
 
 
 class Kubernetes(Strict):
-    """How `aquarium sweep plan|submit` runs the sweep on a cluster (see k8s/ and common/k8s.py)."""
+    """How `aquarium sweep plan|submit` runs the sweep on a cluster (see k8s/ and common/k8s/)."""
 
     namespace: str = "default"
     image: str = "aquarium-sweep:latest"

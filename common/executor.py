@@ -26,14 +26,18 @@ from typing import TextIO
 from common.config import Sweep
 from common.data.source import resolve_local
 from common import lease
-from common.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TRANSIENT, AquariumError, BadInput,
-                           from_os_error)
+from common.errors import EXIT_INTERRUPTED, EXIT_TRANSIENT, AquariumError, BadInput, from_os_error
+from common.schedule import (ACTIVE, AGGREGATE, FAILED, FINISHED, PREPARE, SKIPPED, SUCCEEDED, WAITING, Decision,
+                             Schedule)
 from common.status import NUMBERS, is_finished, status_rows
 from common.store import FileStore, Store, join, open_store
 from common.table import Screen, render
 
 TERM_GRACE_S = 120  # a variant needs a moment after SIGTERM to checkpoint its last epoch
 RETRY_BASE_S, RETRY_CAP_S = 10.0, 360.0  # Kubernetes' pod backoff: 10 s, doubled per retry, at most 6 min
+# a step's state here -> the schedule's (a step waiting out its retry backoff keeps its slot: active)
+CORE = {"queued": WAITING, "running": ACTIVE, "retrying": ACTIVE, "ok": SUCCEEDED, "failed": FAILED,
+        "skipped": SKIPPED}
 
 
 def retry_delay(attempt: int) -> float:
@@ -55,7 +59,7 @@ def job_argv(sweep: Sweep, job: str, config_path: str, variant: str | None = Non
     return argv
 
 
-def steps(sweep: Sweep) -> list[tuple[str, str | None]]:
+def sweep_steps(sweep: Sweep) -> list[tuple[str, str | None]]:
     """The sweep's steps in order: prepare, one per variant (these may run in parallel), aggregate."""
     return [("prepare", None)] + [(v.job, v.name) for v in sweep.variants] + [("aggregate", None)]
 
@@ -138,13 +142,14 @@ class Step:
     variant: str | None
     argv: list[str]
     log: Path
-    state: str = "queued"  # queued | skipped | running | ok | failed
+    state: str = "queued"  # queued | skipped | running | retrying | ok | failed (CORE: the schedule's words)
     returncode: int | None = None
     started: float | None = None
     ended: float | None = None
     slot: int | None = None
     retries: int = 0  # restarts after a transient exit (75)
     retry_at: float = 0.0  # monotonic time before which a retry does not start
+    why: str = ""  # why the schedule skipped it
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -154,6 +159,13 @@ class Step:
     @property
     def seconds(self) -> float:
         return (self.ended or time.monotonic()) - self.started if self.started else 0.0
+
+    def log_file(self) -> TextIO:
+        """The log, opened for appending; a disk full or a vanished folder is one error line."""
+        try:
+            return open(self.log, "a")
+        except OSError as e:
+            raise from_os_error(e, f"log folder {self.log.parent}", "use a --store folder you can write to") from None
 
     def error_line(self) -> str:
         """The job's own one-line error (what, where, how to fix), read back from its log."""
@@ -195,8 +207,85 @@ def local_source(sweep: Sweep, config_path: str) -> str:
     return str(path.resolve()) if path is not None and path.is_file() else sweep.dataset.source
 
 
+class Progress:
+    """What the sweep shows while it runs and when it ends: the status table from the store (redrawn on a
+    terminal, one line per change otherwise), one line per event, and the summary."""
+
+    def __init__(self, sweep: Sweep, store: Store, out: TextIO | None, interval: float):
+        self.sweep, self.store, self.interval = sweep, store, interval
+        self.screen = Screen(out or sys.stdout)
+        self.last_draw, self.last_rows, self.table, self.table_error = 0.0, {}, [], ""
+
+    def say(self, text: str) -> None:
+        self.screen.say(text)
+
+    def rows(self, variants: list[Step]) -> list[dict]:
+        """The status table from the store; while the store cannot be reached, the last one read."""
+        try:
+            self.table = status_rows(self.store, self.sweep, {s.variant: s.describe() for s in variants})
+        except AquariumError as e:  # said once per outage; the jobs themselves retry or fail on their own
+            if not self.table_error:
+                self.say(f"status table not updated while the store is unreachable: {e}")
+            self.table_error = str(e)
+            return self.table
+        self.table_error = ""
+        return self.table
+
+    def draw(self, variants: list[Step], force: bool = False) -> None:
+        """Terminal: redraw the table every `interval` s. Otherwise: one line per variant whose state changed."""
+        now = time.monotonic()
+        if not force and now - self.last_draw < self.interval:
+            return
+        self.last_draw = now
+        rows = self.rows(variants)
+        if self.screen.tty:
+            self.screen.draw(rows, NUMBERS)
+            return
+        for r in rows:
+            key = (r["phase"], r["epoch"], r["process"].split(" ")[0], r["done"])
+            if self.last_rows.get(r["variant"]) != key:
+                self.last_rows[r["variant"]] = key
+                self.say(f"{time.strftime('%H:%M:%S')} {r['variant']}: {r['process']}, phase {r['phase']}, epoch "
+                         f"{r['epoch']}, val acc {r['val acc'] or '-'}, best val {r['best val'] or '-'}")
+
+    def started(self, step: Step) -> None:
+        self.say(f"{step.variant}: started ({step.job}, log {step.log})" if step.variant else
+                 f"{step.name}: starting (log {step.log})")
+
+    def ended(self, step: Step) -> None:
+        ok, see = step.state == "ok", "" if step.state == "ok" else f"; see {step.log}"
+        if step.variant:
+            self.say(f"{step.variant}: {'finished' if ok else 'FAILED'} after {step.seconds:.0f}s "
+                     f"(exit {step.returncode}){see}")
+        else:
+            self.say(f"{step.name}: {'done' if ok else 'FAILED'} in {step.seconds:.1f}s (exit {step.returncode}){see}")
+
+    def summary(self, steps: dict[str, Step]) -> None:
+        prepare, aggregate = steps[PREPARE], steps[AGGREGATE]
+        variants = [s for s in steps.values() if s.variant]
+        self.say(render(self.rows(variants), NUMBERS))
+        failed = [s for s in variants if s.state == "failed"]
+        skipped = [s.variant for s in variants if s.why == FINISHED]
+        if skipped:
+            self.say(f"skipped (already finished): {', '.join(skipped)}")
+        for s in failed:
+            self.say(f"variant failed: {s.variant} (exit {s.returncode}){s.error_line()}; log {s.log}")
+        if prepare.state == "failed":
+            self.say(f"prepare failed (exit {prepare.returncode}){prepare.error_line()}; variants not run; "
+                     f"log {prepare.log}")
+        elif aggregate.state == "failed":
+            self.say(f"aggregate failed (exit {aggregate.returncode}){aggregate.error_line()}; log {aggregate.log}")
+        elif aggregate.state == "skipped":
+            self.say(f"aggregate not run: {aggregate.why}")
+        elif aggregate.state == "ok":
+            report = self.store.url(join(self.sweep.prefix, "report", "report.html"))
+            self.say(f"sweep {self.sweep.name}: {len(variants) - len(failed)}/{len(variants)} variants ok; "
+                     f"report {report}")
+
+
 class Executor:
-    """Runs one resolved sweep (`config.resolve`): its store, source, image and endpoint are the sweep's."""
+    """Runs one resolved sweep (`config.resolve`): its store, source, image and endpoint are the sweep's. It
+    starts, watches and stops processes; what runs when is `common.schedule`'s answer."""
 
     def __init__(self, sweep: Sweep, config_path: str, kind: str = "local", parallel: int | None = None,
                  out: TextIO | None = None, interval: float = 2.0):
@@ -204,17 +293,17 @@ class Executor:
             raise BadInput(f"--executor {kind!r}: use local or docker")
         if kind == "docker" and not shutil.which("docker"):
             raise BadInput("--executor docker needs the docker CLI on PATH: install Docker or use --executor local")
-        self.sweep, self.kind, self.interval = sweep, kind, interval
+        self.sweep, self.kind = sweep, kind
         self.store = open_store(sweep.store, sweep.endpoint)
         self.config_path = str(Path(config_path).resolve())
         self.source = local_source(sweep, config_path)
         self.gpus, self.cpus = gpu_ids(), cpu_count()
         self.parallel = parallel or default_parallel(sweep, len(self.gpus), self.cpus)
-        self.screen = Screen(out or sys.stdout)
+        self.live = Progress(sweep, self.store, out, interval)
         self.logs = log_dir(self.store, sweep)
-        self.last_draw, self.last_rows, self.table, self.table_error = 0.0, {}, [], ""
         self.retries = sweep.kubernetes.backoff_limit  # as many restarts after exit 75 as a Job gets
         self.run_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.schedule, self._finished = Schedule(sweep.names, self.parallel), None
 
     def step(self, job: str, variant: str | None) -> Step:
         argv = job_argv(self.sweep, job, self.config_path, variant, self.store.uri, self.source)
@@ -237,7 +326,7 @@ class Executor:
     def start(self, step: Step, slot: int | None = None) -> None:
         step.slot = slot
         cmd, env = self.command(step)
-        with self.log_file(step) as log:
+        with step.log_file() as log:
             log.write(f"\n=== {datetime.now().isoformat(timespec='seconds')} {' '.join(cmd)}\n")
             log.flush()
             # own session: Ctrl-C reaches the executor only, which then stops the children gracefully
@@ -245,13 +334,6 @@ class Executor:
                                          env=env, start_new_session=True)
         # a retry keeps the first start: the step's time includes its failed attempts and backoff waits
         step.state, step.started, step.ended = "running", step.started or time.monotonic(), None
-
-    def log_file(self, step: Step) -> TextIO:
-        """The step's log, opened for appending; a disk full or a vanished folder is one error line."""
-        try:
-            return open(step.log, "a")
-        except OSError as e:
-            raise from_os_error(e, f"log folder {self.logs}", "use a --store folder you can write to") from None
 
     def reap(self, step: Step) -> bool:
         """True once the step's process has ended for good (and records how). A transient exit (75) with
@@ -262,8 +344,8 @@ class Executor:
         if step.returncode == EXIT_TRANSIENT and step.retries < self.retries:
             step.retries += 1
             step.state, step.retry_at = "retrying", time.monotonic() + retry_delay(step.retries)
-            self.say(f"{step.name}: transient failure (exit 75){step.error_line()}; retry {step.retries} of "
-                     f"{self.retries} in {retry_delay(step.retries):.0f}s, resuming from its checkpoint")
+            self.live.say(f"{step.name}: transient failure (exit 75){step.error_line()}; retry {step.retries} of "
+                          f"{self.retries} in {retry_delay(step.retries):.0f}s, resuming from its checkpoint")
             return False
         step.state = "ok" if step.returncode == 0 else "failed"
         return True
@@ -273,80 +355,63 @@ class Executor:
         if step.state == "retrying" and time.monotonic() >= step.retry_at:
             self.start(step, step.slot)
 
-    def say(self, text: str) -> None:
-        self.screen.say(text)
+    def finished(self, steps: dict[str, Step]) -> set[str]:
+        """The variants whose current result is in the store, read once prepare has succeeded."""
+        if self._finished is None and steps[PREPARE].state == "ok":
+            self._finished = {v.name for v in self.sweep.variants if is_finished(self.store, self.sweep, v.name)}
+        return self._finished or set()
 
-    def run_blocking(self, step: Step) -> Step:
-        self.say(f"{step.name}: starting (log {step.log})")
-        self.start(step)
-        while not self.reap(step):
-            self.due(step)
-            time.sleep(0.2)
-        self.say(f"{step.name}: {'done' if step.state == 'ok' else 'FAILED'} in {step.seconds:.1f}s "
-                 f"(exit {step.returncode})" + ("" if step.state == "ok" else f"; see {step.log}"))
-        return step
+    def act(self, steps: dict[str, Step], decision: Decision) -> None:
+        """Mark what the schedule skips; start what it starts, a variant in the lowest free slot."""
+        for name, why in decision.skip.items():
+            steps[name].state, steps[name].why = "skipped", why
+            if why == FINISHED:
+                self.live.say(f"{name}: skipped (already finished with config "
+                              f"{self.sweep.variant(name).config_hash})")
+        for name in decision.start:
+            step = steps[name]
+            busy = {s.slot for s in steps.values() if s.variant and s.state in ("running", "retrying")}
+            self.start(step, min(set(range(self.parallel)) - busy) if step.variant else None)
+            self.live.started(step)
 
-    def queue(self, variants: list[Step]) -> list[Step]:
-        """The variants that still need to run; finished ones (common.status) are marked skipped."""
-        queue = []
-        for s in variants:
-            if is_finished(self.store, self.sweep, s.variant):
-                s.state = "skipped"
-                self.say(f"{s.variant}: skipped (already finished with config "
-                         f"{self.sweep.variant(s.variant).config_hash})")
-            else:
-                queue.append(s)
-        return queue
-
-    def run_variants(self, variants: list[Step]) -> None:
-        """Up to `parallel` at a time; a failing variant frees its slot and the others go on."""
-        queue = self.queue(variants)
-        running: list[Step] = []
-        while queue or running:
-            for s in running:
+    def loop(self, steps: dict[str, Step]) -> Decision:
+        """Observe (reap and retry the processes), ask the schedule, act; until the sweep is over."""
+        variants = [s for s in steps.values() if s.variant]
+        while True:
+            for s in steps.values():
                 self.due(s)
-            for s in [s for s in running if self.reap(s)]:
-                running.remove(s)
-                self.say(f"{s.variant}: {'finished' if s.state == 'ok' else 'FAILED'} after {s.seconds:.0f}s "
-                         f"(exit {s.returncode})" + ("" if s.state == "ok" else f"; see {s.log}"))
-            while queue and len(running) < self.parallel:
-                free = min(set(range(self.parallel)) - {s.slot for s in running})
-                s = queue.pop(0)
-                self.start(s, free)
-                running.append(s)
-                self.say(f"{s.variant}: started ({s.job}, log {s.log})")
-            self.progress(variants)
+                if self.reap(s):
+                    self.live.ended(s)
+            codes = {n: s.returncode for n, s in steps.items() if s.state == "failed"}
+            decision = self.schedule.decide({n: CORE[s.state] for n, s in steps.items()}, self.finished(steps),
+                                            codes)
+            self.act(steps, decision)
+            if decision.over:
+                return decision
+            if steps[PREPARE].state == "ok":
+                self.live.draw(variants, force=AGGREGATE in decision.start)
             time.sleep(0.25)
-        self.progress(variants, force=True)
 
-    def rows(self, variants: list[Step]) -> list[dict]:
-        """The status table from the store; while the store cannot be reached, the last one read."""
+    def run(self) -> SweepRun:
+        t0 = time.monotonic()
+        steps = {variant or job: self.step(job, variant) for job, variant in sweep_steps(self.sweep)}
+        self.live.say(f"sweep {self.sweep.name}: {len(self.sweep.variants)} variants, {self.parallel} at a time, "
+                      f"{self.kind} executor, store {self.store.uri}")
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            self.table = status_rows(self.store, self.sweep, {s.variant: s.describe() for s in variants})
-        except AquariumError as e:  # said once per outage; the jobs themselves retry or fail on their own
-            if not self.table_error:
-                self.say(f"status table not updated while the store is unreachable: {e}")
-            self.table_error = str(e)
-            return self.table
-        self.table_error = ""
-        return self.table
-
-    def progress(self, variants: list[Step], force: bool = False) -> None:
-        """Terminal: redraw the table every `interval` s. Otherwise: one line per variant whose state changed."""
-        now = time.monotonic()
-        if not force and now - self.last_draw < self.interval:
-            return
-        self.last_draw = now
-        rows = self.rows(variants)
-        if self.screen.tty:
-            self.screen.draw(rows, NUMBERS)
-            return
-        for r in rows:
-            key = (r["phase"], r["epoch"], r["process"].split(" ")[0], r["done"])
-            if self.last_rows.get(r["variant"]) != key:
-                self.last_rows[r["variant"]] = key
-                self.say(f"{time.strftime('%H:%M:%S')} {r['variant']}: {r['process']}, phase {r['phase']}, epoch "
-                         f"{r['epoch']}, val acc {r['val acc'] or '-'}, best val {r['best val'] or '-'}")
+            with self.live.screen:
+                decision = self.loop(steps)
+        except (KeyboardInterrupt, Terminated):
+            self.live.say("interrupted: stopping the running jobs (they save a checkpoint; rerun to resume)")
+            self.stop(list(steps.values()))
+            return SweepRun(list(steps.values()), time.monotonic() - t0, EXIT_INTERRUPTED, self.parallel)
+        except AquariumError:  # e.g. the log folder filled up: stop the children before the one error line
+            self.stop(list(steps.values()))
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        self.live.summary(steps)
+        return SweepRun(list(steps.values()), time.monotonic() - t0, decision.exit_code, self.parallel)
 
     def stop(self, all_steps: list[Step]) -> None:
         """SIGTERM to every running child (they checkpoint and exit 143), SIGKILL after a grace period."""
@@ -363,61 +428,6 @@ class Executor:
                     os.killpg(s.proc.pid, signal.SIGKILL)
                 s.proc.wait()
             self.reap(s)
-
-    def summary(self, prepare: Step, variants: list[Step], aggregate: Step | None) -> None:
-        self.say(render(self.rows(variants), NUMBERS))
-        failed = [s for s in variants if s.state == "failed"]
-        skipped = [s.variant for s in variants if s.state == "skipped"]
-        if skipped:
-            self.say(f"skipped (already finished): {', '.join(skipped)}")
-        for s in failed:
-            self.say(f"variant failed: {s.variant} (exit {s.returncode}){s.error_line()}; log {s.log}")
-        if prepare.state == "failed":
-            self.say(f"prepare failed (exit {prepare.returncode}){prepare.error_line()}; variants not run; "
-                     f"log {prepare.log}")
-        elif aggregate is not None and aggregate.state == "failed":
-            self.say(f"aggregate failed (exit {aggregate.returncode}){aggregate.error_line()}; log {aggregate.log}")
-        elif aggregate is not None:
-            report = self.store.url(join(self.sweep.prefix, "report", "report.html"))
-            self.say(f"sweep {self.sweep.name}: {len(variants) - len(failed)}/{len(variants)} variants ok; "
-                     f"report {report}")
-
-    def run(self) -> SweepRun:
-        t0 = time.monotonic()
-        prepare = self.step("prepare", None)
-        variants = [self.step(job, name) for job, name in steps(self.sweep) if name]
-        aggregate = None
-        all_steps = [prepare, *variants]
-        self.say(f"sweep {self.sweep.name}: {len(variants)} variants, {self.parallel} at a time, "
-                 f"{self.kind} executor, store {self.store.uri}")
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
-        try:
-            with self.screen:
-                if self.run_blocking(prepare).state == "ok":
-                    self.run_variants(variants)
-                    aggregate = self.step("aggregate", None)
-                    all_steps.append(aggregate)
-                    self.run_blocking(aggregate)
-        except (KeyboardInterrupt, Terminated):
-            self.say("interrupted: stopping the running jobs (they save a checkpoint; rerun to resume)")
-            self.stop(all_steps)
-            return SweepRun(all_steps, time.monotonic() - t0, EXIT_INTERRUPTED, self.parallel)
-        except AquariumError:  # e.g. the log folder filled up: stop the children before the one error line
-            self.stop(all_steps)
-            raise
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        self.summary(prepare, variants, aggregate)
-        return SweepRun(all_steps, time.monotonic() - t0, exit_code(prepare, aggregate), self.parallel)
-
-
-def exit_code(prepare: Step, aggregate: Step | None) -> int:
-    """prepare's code when it failed, else aggregate's; 0 only when aggregate succeeded."""
-    if prepare.state == "failed":
-        return prepare.returncode or EXIT_FAILED
-    if aggregate is None or aggregate.state == "failed":
-        return (aggregate.returncode if aggregate else None) or EXIT_FAILED
-    return EXIT_OK
 
 
 def _raise_terminated(signum, frame):

@@ -63,7 +63,7 @@ def status(config_path, store, with_jobs, namespace):
         click.echo(line)
 
 
-# ---------------------------------------------------------------- Kubernetes: plan, submit, stop (common/k8s.py)
+# ---------------------------------------------------------------- Kubernetes: plan, submit, stop (common/k8s/)
 
 source_option = click.option("--source", default=None, help="dataset zip for prepare (s3:// or https://); "
                                                             "overrides dataset.source")

@@ -1,4 +1,4 @@
-"""The one-machine executor: docker argv, parallelism, the status table, and a failing prepare."""
+"""The one-machine executor: docker argv, parallelism, the status table, a failing prepare, nothing to aggregate."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 import os
 import sys
 
+import yaml
 from artefacts import sweep_spec, write_variant
 from helpers import ROOT, aquarium
 
@@ -102,3 +103,20 @@ def test_a_retried_step_counts_its_time_from_its_first_start(tmp_path):
     assert step.started == first_start and step.ended is None
     assert step.seconds >= 0 and step.describe().startswith("running ") and "-" not in step.describe()
     step.proc.wait()
+
+
+def test_no_variant_with_a_result_leaves_aggregate_out_and_exits_2(tmp_path, dataset_zip):
+    """The schedule's rule through the real executor: the only variant fails at start (its weights file does not
+    exist), so there is nothing to compare -- aggregate is not started and the sweep exits 2."""
+    raw = yaml.safe_load((ROOT / "smoke.yaml").read_text())
+    raw["variants"] = [{"name": "bad", "kind": "finetune", "image_size": 64, "weights": "/nonexistent/w.weights.h5",
+                        "epochs": 1}]
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    run = aquarium("sweep", "run", "--config", config, "--source", dataset_zip, "--store", tmp_path / "store",
+                   cwd=tmp_path, timeout=600)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "prepare: done" in run.stdout and "bad: FAILED" in run.stdout
+    assert "aggregate not run: nothing to aggregate: no variant has a result" in run.stdout
+    assert "aggregate: starting" not in run.stdout
+    assert not (tmp_path / "store" / "logs" / "smoke" / "aggregate.log").exists()

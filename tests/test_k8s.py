@@ -1,13 +1,14 @@
 """Kubernetes: rendered manifests against the official OpenAPI schemas (kubernetes-validate, offline), the policies
 every Job must carry, `aquarium sweep plan` errors, and the submitter against an in-memory fake API.
 
-No cluster is reachable in CI: the fake below implements the BatchV1Api/CoreV1Api methods common/k8s.py calls and
+No cluster is reachable in CI: the fake below implements the BatchV1Api/CoreV1Api methods common/k8s/ calls and
 simulates Jobs running, finishing, failing and pods the scheduler cannot place."""
 
 from __future__ import annotations
 
 import copy
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 from kubernetes.client.exceptions import ApiException
 
 from common import k8s
+from common.k8s.api import _plain
 from common import status
 from common.config import Sweep, load_sweep, parse_sweep
 from common.errors import BadInput, TransientError
@@ -253,7 +255,7 @@ def test_rbac_is_least_privilege_and_valid():
         assert k8s.validate_schema(d) is None
     (role,) = [d for d in docs if d["kind"] == "Role"]
     rights = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
-    # exactly what common/k8s.py calls (tests/test_k8s.py's fake records every call)
+    # exactly what common/k8s/ calls (tests/test_k8s.py's fake records every call)
     assert rights == {("batch", "jobs"): {"get", "list", "create", "delete"},
                       ("", "configmaps"): {"get", "list", "create", "update", "delete"},
                       ("", "pods"): {"list"}, ("", "pods/log"): {"get"}, ("", "events"): {"list"},
@@ -440,7 +442,7 @@ T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 class FakeCluster:
-    """In-memory BatchV1Api + CoreV1Api + CustomObjectsApi (the methods common/k8s.py uses). Every call is recorded
+    """In-memory BatchV1Api + CoreV1Api + CustomObjectsApi (the methods common/k8s/ uses). Every call is recorded
     with its request timeout. `tick()` advances a minute: a created Job's pod becomes ready, and Jobs created at
     least `runtime` ticks ago finish (Failed if listed in `fail`, with exit code 2). Jobs listed in `unschedulable`
     keep a Pending pod with the scheduler's message; in `waiting` a container waiting {job: (reason, message)};
@@ -945,11 +947,11 @@ def test_the_real_client_models_read_like_the_fake_dicts():
 
     job = client.V1Job(metadata=client.V1ObjectMeta(name="j", labels={"a": "b"}),
                        status=client.V1JobStatus(conditions=[client.V1JobCondition(type="Complete", status="True")]))
-    plain = k8s._plain(job)
+    plain = _plain(job)
     assert plain["metadata"]["labels"] == {"a": "b"} and k8s.job_state(plain) == "Succeeded"
-    assert k8s.job_state(k8s._plain(client.V1Job(status=client.V1JobStatus(active=1)))) == "Starting"
-    assert k8s.job_state(k8s._plain(client.V1Job(status=client.V1JobStatus(active=1, ready=1)))) == "Running"
-    assert k8s.job_state(k8s._plain(client.V1Job(spec=client.V1JobSpec(suspend=True, template=client.V1PodTemplateSpec()))
+    assert k8s.job_state(_plain(client.V1Job(status=client.V1JobStatus(active=1)))) == "Starting"
+    assert k8s.job_state(_plain(client.V1Job(status=client.V1JobStatus(active=1, ready=1)))) == "Running"
+    assert k8s.job_state(_plain(client.V1Job(spec=client.V1JobSpec(suspend=True, template=client.V1PodTemplateSpec()))
                                     )) == "Queued"
     json.dumps(plain)
 
@@ -1024,7 +1026,7 @@ def test_logs_come_from_the_running_pod_then_from_the_store(empty_store):
 def test_submit_and_stop_commands_drive_the_cluster(monkeypatch, tmp_path):
     fake = FakeCluster(runtime=1)
     monkeypatch.setattr(k8s, "connect", lambda: k8s.Apis(fake, fake, fake))
-    monkeypatch.setattr(k8s.time, "sleep", fake.tick)
+    monkeypatch.setattr(time, "sleep", fake.tick)
     store = f"file://{tmp_path}/store"
     res = run_cli("sweep", "submit", "--config", str(ROOT / "smoke.yaml"), "--source", SRC, "--store", store)
     assert res.exit_code == 2 and "cannot share a local folder" in res.output  # refused before touching the cluster
@@ -1060,7 +1062,7 @@ def test_ctrl_c_leaves_the_jobs_and_says_how_to_reattach(monkeypatch):
 def test_detach_and_logs_commands(monkeypatch, empty_store):
     fake = FakeCluster(runtime=1)
     monkeypatch.setattr(k8s, "connect", lambda: k8s.Apis(fake, fake, fake))
-    monkeypatch.setattr(k8s.time, "sleep", fake.tick)
+    monkeypatch.setattr(time, "sleep", fake.tick)
     res = run_cli("sweep", "submit", "--config", str(ROOT / "smoke.yaml"), "--source", SRC, "--store", S3,
                   "--detach")
     assert res.exit_code == 0, res.output
