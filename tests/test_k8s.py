@@ -756,6 +756,16 @@ def test_failed_prepare_fails_the_sweep_without_variants(empty_store):
     assert result.done and result.exit_code == 1
     assert fake.created() == ["smoke-prepare"]
     assert any("PodFailurePolicy" in line for line in lines)
+    table = [line.split() for line in lines[-1].splitlines()]  # the schedule's reason, not "finished in the store"
+    assert [row[2:] for row in table if row[0] == "cnn-a"] == [["Skipped", "prepare", "failed"]]
+
+
+def test_no_variant_with_a_result_skips_aggregate(empty_store):
+    fake = FakeCluster(runtime=1, fail={f"smoke-{name}" for name in spec("smoke.yaml")[0].names})
+    sub, lines = submitter(fake, store_obj=empty_store)
+    result = sub.run()
+    assert result.done and result.exit_code == 1 and result.states["aggregate"] == "Skipped"
+    assert "smoke-aggregate" not in fake.created() and "nothing to aggregate" in lines[-1]
 
 
 def test_a_failed_variant_still_aggregates_the_rest_but_exits_non_zero(empty_store):

@@ -16,11 +16,8 @@ from common.config import Sweep
 from common.errors import BadInput, TransientError
 from common.k8s.manifests import _step_of, selector, state_name
 
-
 REQUEST_TIMEOUT = (5, 30)  # seconds to connect and to read: a half-open connection cannot block a poll forever
 STATE_KEY = "state.json"
-
-
 # Job states (job_state) by what they mean for a step: ended, or started and not ended.
 TERMINAL = ("Succeeded", "Failed", "Skipped")
 ACTIVE = ("Queued", "Pending", "Starting", "Running")
@@ -118,7 +115,6 @@ def _call(what: str, fn: Callable, *args, missing_ok: bool = False, **kwargs):
 
 
 # ---------------------------------------------------------------------------------------------- reads
-
 
 def job_state(job: dict | None) -> str:
     """NotSubmitted | Queued (suspended, e.g. by Kueue) | Pending (no pod yet) | Starting (a pod, not ready: pulling,

@@ -15,7 +15,6 @@ from common.k8s.api import Apis, _call, job_state, list_pods
 from common.k8s.manifests import _step_of
 from common.status import parse_time
 
-
 KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"
 
 

@@ -21,7 +21,6 @@ from common.config import Resources, Sweep, Variant, parse_sweep
 from common.errors import AquariumError, BadInput
 from common.executor import job_argv
 
-
 CONFIG_DIR = "/etc/aquarium"
 CONFIG_KEY = "sweep.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
@@ -34,8 +33,6 @@ HASH_LABEL = "aquarium-sweep/config-hash"
 SPEC_LABEL = "aquarium-sweep/spec"  # the spec ConfigMap a Job was rendered with
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 DRIVER_RESOURCES = Resources(gpu=0, cpu="250m", memory="512Mi")
-
-
 # What render() sets in k8s/job.yaml; every other value of the template is what the cluster gets.
 FILLED = ("metadata.name", "metadata.namespace", "metadata.labels", "spec.backoffLimit",
           "spec.ttlSecondsAfterFinished", "spec.template.metadata.labels", "spec.template.spec.serviceAccountName",
@@ -63,7 +60,6 @@ def is_s3(uri: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- names and labels
-
 
 def job_name(sweep: Sweep, step: str) -> str:
     """`<sweep>-prepare`, `<sweep>-<variant>`, `<sweep>-aggregate`, `<sweep>-driver`."""
@@ -114,7 +110,6 @@ def container_of(job: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- render
-
 
 def _env(sweep: Sweep, template_env: list[dict], gpu: int) -> list[dict]:
     """The template's env plus the S3 endpoint, the S3 Secret's keys (never literal values) and, on GPU pods,

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from common.config import Sweep
 from common.k8s.manifests import is_s3, job_name, render_driver
 
-
 SCHEMA_VERSION = "1.33.0"  # the current Kubernetes version whose OpenAPI schema `plan` validates against
 MIN_VERSION = "1.29.0"  # the oldest supported: podFailurePolicy's FailJob rule and podReplacementPolicy by default
 RESERVED = ("prepare", "aggregate", "spec", "state", "driver")
