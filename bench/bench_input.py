@@ -16,8 +16,8 @@ augmentation of `augmenter` below), the variant's batch size:
           resampling) and mixup run in tf.data on the CPU, batches leave as float32 + one-hot.
   ours    `common.pipeline.input_pipeline` (issue 14): shuffle + batch of the uint8 tensors only; the cast,
           augmentation and mixup run inside the model's training step (`augment.AugmentingTrainer`).
-For both of ours, epoch 1 INCLUDES reading `tensors/<size>/train.npz` from the (file) store and building the
-arrays, so it is the honest "from the first epoch on" figure. (Standardisation lives in the model there, so it
+For both of ours, epoch 1 INCLUDES reading the train shards (`tensors/<size>/train-*.tfrecord`) from the (file)
+store and building the arrays, so it is the honest "from the first epoch on" figure. (Standardisation lives in the model there, so it
 is not timed.) seed and idfd use the layer-by-layer `augmenter`, as the seed did.
 
 Every run builds its dataset afresh and iterates 3 epochs; epoch 1 (construction, tracing, first read) is
@@ -56,7 +56,8 @@ from common.config import CLASSES, load_sweep  # noqa: E402
 from common.data.prepare import Options, prepare  # noqa: E402
 from common.augment import AugmentingTrainer, augment_and_mix  # noqa: E402
 from common.models import build_cnn, build_finetune, compile_model  # noqa: E402
-from common.pipeline import class_table, input_pipeline, tensors_from_bytes  # noqa: E402
+from common.pipeline import class_table, input_pipeline  # noqa: E402
+from common.shards import read_split  # noqa: E402
 from common.store import open_store  # noqa: E402
 
 SIZES = (64, 224)
@@ -122,9 +123,14 @@ def idfd_dataset(train_dir: Path, size: int, variant) -> tf.data.Dataset:
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def train_split(store, size: int) -> dict:
+    """The train split's tensors, read whole from the (file) store's shards."""
+    return read_split(store, f"data/tensors/{size}", "train", Path(store.root))
+
+
 def ours_dataset(store, size: int, variant) -> tf.data.Dataset:
-    """The variant's path: the train split's .npz from the store, then `input_pipeline` (timed as epoch 1)."""
-    split = tensors_from_bytes(store.get_bytes(f"data/tensors/{size}/train.npz"))
+    """The variant's path: the train split's shards from the store, then `input_pipeline` (timed as epoch 1)."""
+    split = train_split(store, size)
     one_epoch = variant.model_copy(update={"epochs": 1})  # the stream holds `epochs` epochs: one per iteration
     return input_pipeline(split["images"], split["labels"], one_epoch, training=True)
 
@@ -141,13 +147,13 @@ def tfaug_pipeline(images, labels, variant) -> tf.data.Dataset:
 
 
 def tfaug_dataset(store, size: int, variant) -> tf.data.Dataset:
-    split = tensors_from_bytes(store.get_bytes(f"data/tensors/{size}/train.npz"))
+    split = train_split(store, size)
     return tfaug_pipeline(split["images"], split["labels"], variant)
 
 
 def layers_dataset(store, size: int, variant) -> tf.data.Dataset:
     """`input_pipeline` as it was before issue 6 (training branch), for the before/after comparison."""
-    split = tensors_from_bytes(store.get_bytes(f"data/tensors/{size}/train.npz"))
+    split = train_split(store, size)
     images, labels = split["images"], split["labels"]
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
     ds = ds.shuffle(len(images), seed=variant.seed, reshuffle_each_iteration=True).batch(variant.batch_size)
@@ -218,7 +224,7 @@ def build_net(variant):
 
 def train_run(mode: str, store, variant, steps: int) -> tuple[list[float], list[float]]:
     """3 epochs of `steps` training steps, augmentation included; (wall, CPU) seconds per epoch."""
-    split = tensors_from_bytes(store.get_bytes(f"data/tensors/{variant.image_size}/train.npz"))
+    split = train_split(store, variant.image_size)
     variant = variant.model_copy(update={"epochs": EPOCHS})
     if mode == "tfaug":  # issue 6: augmented float batches from tf.data into the plain model
         model = compile_model(build_net(variant), variant)
@@ -310,15 +316,25 @@ def main() -> None:
     parser.add_argument("--train-rounds", type=int, default=2)
     parser.add_argument("--train-steps", default="14,4", help="steps per epoch at 64,224 px")
     parser.add_argument("--config", default=str(ROOT / "sweep.yaml"))
+    parser.add_argument("--zip", default=os.environ.get("AQUARIUM_ZIP")
+                        or str(ROOT.parent / "shared" / "datasets" / "aquarium-tfcsv.zip"))
+    parser.add_argument("--quick", action="store_true",
+                        help="the suite's mode: one round of ours and tfaug, one training step per epoch")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.pipelines, args.train_rounds, args.train_steps = 1, "tfaug,ours", 1, "1,1"
     pipelines = tuple(args.pipelines.split(","))
     steps = dict(zip(SIZES, map(int, args.train_steps.split(","))))
-    zip_path = Path(os.environ.get("AQUARIUM_ZIP") or ROOT.parent / "shared" / "datasets" / "aquarium-tfcsv.zip")
+    zip_path = Path(args.zip)
     if not zip_path.is_file():
         sys.exit(f"bench_input: dataset zip {zip_path} not found: set AQUARIUM_ZIP")
     sweep = load_sweep(args.config)
-    # the sweep's own variants of each size (batch size, augmentation, seed)
+    # the sweep's own variants of each size (batch size, augmentation, seed) without the frame-robust options
+    # (issue 13): they need content boxes, which the issue-6/14 pipelines compared here do not carry
+    plain = {"frame": 0.0, "border": 0.0, "content_crop": 0.0, "consistency": 0.0}
     variants = {size: next(v for v in sweep.variants if v.image_size == size) for size in SIZES}
+    variants = {size: v.model_copy(update={"augment": v.augment.model_copy(update=plain)})
+                for size, v in variants.items()}
 
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-input-") as tmp:

@@ -89,6 +89,11 @@ class Variant(Strict):
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(32, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1)  # cap batches per epoch (smoke runs)
+    # input (common/shards.py): a split of at most cache_mb MB of pixels is held in memory (each epoch an exact
+    # permutation keyed to (seed, epoch)); a bigger one streams from its shards through a shuffle buffer of
+    # shuffle_buffer photos, so memory does not grow with the dataset
+    cache_mb: int = Field(256, ge=0)
+    shuffle_buffer: int = Field(1024, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     lr_factor: float = Field(0.2, gt=0, lt=1)  # ReduceLROnPlateau
     lr_patience: int = Field(5, ge=0)

@@ -1,4 +1,5 @@
-"""Images to tensors, once: `prepare` materialises uint8 tensors; training reads them with tf.data.
+"""Images to tensors, once: `prepare` materialises uint8 tensors (stored as shards, `common.shards`); training
+reads them with tf.data.
 
 The seed's recipe -- class name to one-hot through a `tf.lookup` table, decode, pad to square keeping the
 aspect ratio, resize -- runs here exactly once per image and size. `decode_pad_resize` is the single definition
@@ -9,7 +10,7 @@ of "what the model sees"; `predict` calls it too. Training batches leave
 
 from __future__ import annotations
 
-import io
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -132,39 +133,22 @@ def class_table(classes=CLASSES) -> tf.lookup.StaticHashTable:
     return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1)
 
 
-def materialise(jpegs: list[bytes], class_names: list[str], size: int, fast: bool = True,
-                classes=CLASSES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decode, pad and resize every image in parallel with tf.data.
+def materialise(jpegs: Iterable[bytes], class_names: list[str], size: int, fast: bool = True, classes=CLASSES,
+                batch: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Decode, pad and resize photos in parallel with tf.data, as a stream of batches in input order:
+    (uint8 [B,S,S,3], int32 labels [B], float32 content boxes [B,4]).
 
-    Returns (uint8 [N,S,S,3], int32 labels [N], float32 content boxes [N,4]).
+    `jpegs` is consumed lazily (a generator that reads each file when its turn comes), so memory holds a few
+    batches whatever the number of photos (`prepare` writes each batch to its shard before the next).
     """
     table = class_table(classes)
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant(jpegs, tf.string), tf.constant(class_names)))
-    ds = ds.map(lambda jpeg, name: (*decode_pad_resize_box(jpeg, size, fast), table.lookup(name)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    images, boxes, labels = [], [], []
-    for x, b, y in ds.batch(64).prefetch(tf.data.AUTOTUNE):
-        images.append(x.numpy())
-        boxes.append(b.numpy())
-        labels.append(y.numpy())
-    if not images:
-        return np.zeros((0, size, size, 3), np.uint8), np.zeros((0,), np.int32), np.zeros((0, 4), np.float32)
-    return np.concatenate(images), np.concatenate(labels).astype(np.int32), np.concatenate(boxes)
-
-
-def tensors_to_bytes(images: np.ndarray, labels: np.ndarray, filenames: list[str],
-                     boxes: np.ndarray | None = None) -> bytes:
-    """One split at one size as an uncompressed .npz (the bytes are already compact uint8), with content boxes."""
-    buf = io.BytesIO()
-    extra = {} if boxes is None else {"boxes": boxes.astype(np.float32)}
-    np.savez(buf, images=images, labels=labels, filenames=np.asarray(filenames, dtype=str), **extra)
-    return buf.getvalue()
-
-
-def tensors_from_bytes(data: bytes) -> dict[str, np.ndarray]:
-    """images, labels, filenames -- and boxes when the store was prepared since issue 13 (older stores lack it)."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {k: npz[k] for k in ("images", "labels", "filenames", "boxes") if k in npz.files}
+    photos = tf.data.Dataset.from_generator(lambda: iter(jpegs), output_signature=tf.TensorSpec([], tf.string))
+    names = tf.data.Dataset.from_tensor_slices(tf.constant(list(class_names), tf.string))
+    ds = tf.data.Dataset.zip(photos, names).map(
+        lambda jpeg, name: (*decode_pad_resize_box(jpeg, size, fast), table.lookup(name)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    for x, b, y in ds.batch(batch).prefetch(2):
+        yield x.numpy(), y.numpy().astype(np.int32), b.numpy()
 
 
 def batches_per_epoch(n: int, variant: Variant) -> int:

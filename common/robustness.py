@@ -140,18 +140,52 @@ def robustness_of(models: dict[str, tuple[Classifier, Sequence[int]]], jpegs: Se
 
 # ---------------------------------------------------------------- a sweep's variants, for `aggregate`
 
-def validation_photos(store: Store, data_prefix: str) -> list[tuple[str, bytes]] | None:
-    """(class, original JPEG) of every validation photo `prepare` keeps under `images/valid/<class>/`; None when
-    the store lacks them (a dataset prepared before they were kept, or a store without a dataset)."""
+CHUNK = 256  # validation photos (and their framed copies) held at once: aggregate's memory stays bounded
+
+
+def validation_rows(store: Store, data_prefix: str) -> list[tuple[str, str]] | None:
+    """(class, store key) of every validation photo `prepare` keeps under `images/valid/<class>/`; None when the
+    store has no labels.csv (a store without a dataset)."""
     try:
         table = store.get_text(join(data_prefix, "labels.csv"))
-        rows = [r for r in csv.DictReader(io.StringIO(table)) if r.get("split") == "valid"]
-        with ThreadPoolExecutor(8) as pool:
-            blobs = list(pool.map(lambda r: store.get_bytes(
-                join(data_prefix, "images", "valid", r["label"], r["filename"])), rows))
     except KeyError:
         return None
-    return [(r["label"], blob) for r, blob in zip(rows, blobs)] or None
+    rows = [r for r in csv.DictReader(io.StringIO(table)) if r.get("split") == "valid"]
+    return [(r["label"], join(data_prefix, "images", "valid", r["label"], r["filename"])) for r in rows] or None
+
+
+def fetch_photos(store: Store, rows: list[tuple[str, str]]) -> list[bytes] | None:
+    """The JPEGs of `validation_rows`, read in parallel; None when one is missing (prepared before they were kept)."""
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda row: store.get_bytes(row[1]), rows))
+    except KeyError:
+        return None
+
+
+def validation_photos(store: Store, data_prefix: str) -> list[tuple[str, bytes]] | None:
+    """(class, original JPEG) of every validation photo, all in memory (small tools and tests); None when the
+    store lacks them."""
+    rows = validation_rows(store, data_prefix)
+    blobs = fetch_photos(store, rows) if rows else None
+    return None if blobs is None else [(label, blob) for (label, _), blob in zip(rows, blobs)]
+
+
+def merged(parts: list[dict]) -> dict:
+    """One `robustness` result from results on consecutive chunks of the photos: every rate weighted by the
+    chunk's photos, then the mean and minimum over the copies recomputed."""
+    total = sum(p["images"] for p in parts)
+
+    def mean(get):
+        return float(sum(get(p) * p["images"] for p in parts) / total)
+
+    out = {"images": total, "accuracy": mean(lambda p: p["accuracy"]),
+           "copies": {c: {k: mean(lambda p: p["copies"][c][k]) for k in row} for c, row in parts[0]["copies"].items()}}
+    for prefix in ("", "trimmed_"):
+        values = [row[f"{prefix}agreement"] for row in out["copies"].values()]
+        out[f"{prefix}agreement"] = float(np.mean(values)) if values else 1.0
+        out[f"{prefix}min_agreement"] = float(np.min(values)) if values else 1.0
+    return out
 
 
 def load_variant(store: Store, variant_prefix: str):
@@ -174,8 +208,8 @@ def measure_variants(store: Store, data_prefix: str, variant_prefixes: dict[str,
     {"error": why this one was not measured}}}. Never raises for a model or a store that cannot be measured:
     the report must still be written (the leaderboard and the selection do not depend on it).
     """
-    photos = validation_photos(store, data_prefix)
-    if photos is None:
+    photos = validation_rows(store, data_prefix)
+    if photos is None or fetch_photos(store, photos[:1]) is None:
         return {"note": NOT_MEASURED, "copies": list(COPIES), "variants": {}}
     models, failed = {}, {}
     for name, prefix in variant_prefixes.items():
@@ -189,7 +223,15 @@ def measure_variants(store: Store, data_prefix: str, variant_prefixes: dict[str,
         except BadInput as e:
             failed[name] = {"error": f"not measured: {e}"}
     try:
-        measured = robustness_of(models, [jpeg for _, jpeg in photos]) if models else {}
+        measured = {}
+        for start in range(0, len(photos) if models else 0, CHUNK):  # CHUNK photos and their copies at a time
+            jpegs = fetch_photos(store, photos[start:start + CHUNK])
+            if jpegs is None:
+                return {"note": NOT_MEASURED, "copies": list(COPIES), "variants": {}}
+            part = robustness_of({n: (c, labels[start:start + CHUNK]) for n, (c, labels) in models.items()}, jpegs)
+            for name, result in part.items():
+                measured.setdefault(name, []).append(result)
+        measured = {name: merged(parts) for name, parts in measured.items()}
     except BadInput as e:  # a stored photo that does not decode: the dataset, not one model
         return {"note": f"robustness: not measured ({e})", "copies": list(COPIES), "variants": {}}
     return {"note": None, "copies": list(COPIES), "variants": {**measured, **failed}}

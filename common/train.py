@@ -30,14 +30,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import lease
+from common import lease, shards
 from common.augment import AugmentingTrainer, train_boxes
 from common.config import Sweep, Variant
 from common.data import SPLITS
 from common.errors import AquariumError, BadInput, Interrupted, TransientError
 from common.metrics import evaluation
 from common.models import build_cnn, build_finetune, compile_model, inference_model
-from common.pipeline import batches_per_epoch, input_pipeline, tensors_from_bytes
+from common.pipeline import batches_per_epoch, input_pipeline
 from common.status import is_current, marker, stale_reason
 from common.store import Store, fetch_object, join
 
@@ -49,35 +49,65 @@ def now() -> str:
 
 
 @dataclass
+class Split:
+    """One split at one size: its shards on local disk and its counts (from the index); the pixels are read only
+    when used -- streamed, or held in memory when the split fits the variant's `cache_mb` (`in_memory`)."""
+
+    paths: list[str]
+    size: int
+    class_counts: list[int]  # in the order of Data.classes
+    mb: float  # pixel megabytes: what holding it in memory costs
+    _arrays: dict[str, np.ndarray] | None = None
+
+    @property
+    def count(self) -> int:
+        return sum(self.class_counts)
+
+    def in_memory(self, variant: Variant) -> dict[str, np.ndarray] | None:
+        """images, labels, filenames, boxes as arrays (read once, then kept) when the split fits `cache_mb`."""
+        if self.mb > variant.cache_mb:
+            return None
+        if self._arrays is None:
+            self._arrays = shards.load_arrays(self.paths, self.size)
+        return self._arrays
+
+    def batches(self, variant: Variant) -> tf.data.Dataset:
+        """(uint8 images, labels) in stored order: from memory when it fits, else streamed from the shards."""
+        arrays = self.in_memory(variant)
+        if arrays is not None:
+            return input_pipeline(arrays["images"], arrays["labels"], variant, training=False)
+        return shards.records(self.paths, self.size, variant.batch_size).map(lambda b: (b["images"], b["labels"]))
+
+
+@dataclass
 class Data:
     classes: list[str]
     fingerprint: str
-    splits: dict[str, dict[str, np.ndarray]]  # split -> images, labels, filenames
-    bytes_read: int
+    splits: dict[str, Split]
+    bytes_read: int  # shard bytes of this size: what a pod downloads (or a folder store serves)
 
 
-def load_data(store: Store, sweep: Sweep, size: int) -> Data:
-    """The prepared uint8 tensors of one image size; refuses a dataset that `prepare` has not finished."""
+def load_data(store: Store, sweep: Sweep, size: int, folder: Path) -> Data:
+    """The prepared shards of one image size on local disk (`folder`: downloaded from an S3 store; a folder
+    store's own files); refuses a dataset that `prepare` has not finished, or an older layout."""
     prefix = sweep.dataset.prefix
     done = store.is_complete(prefix)
     if done is None:
         raise BadInput(f"no prepared dataset at {store.url(prefix)}: run `aquarium prepare --config ...` first")
-    if store.is_complete(join(prefix, "tensors", str(size))) is None:
-        raise BadInput(f"{store.url(prefix)} has no {size}px tensors: rerun `aquarium prepare` with this sweep's"
-                       f" --config (it materialises every image size the sweep needs)")
-    raw = {s: store.get_bytes(join(prefix, "tensors", str(size), f"{s}.npz")) for s in SPLITS}
-    return Data(
-        classes=store.get_json(join(prefix, "classes.json")),
-        fingerprint=str(done.get("fingerprint", "")),
-        splits={s: tensors_from_bytes(b) for s, b in raw.items()},
-        bytes_read=sum(len(b) for b in raw.values()),
-    )
+    base = join(prefix, "tensors", str(size))
+    index = shards.read_index(store, base)
+    classes = store.get_json(join(prefix, "classes.json"))
+    splits = {s: Split(shards.local_shards(store, base, index, s, folder), size,
+                       [index["splits"][s]["classes"].get(c, 0) for c in classes], shards.split_mb(index, s))
+              for s in SPLITS}
+    return Data(classes=classes, fingerprint=str(done.get("fingerprint", "")), splits=splits,
+                bytes_read=sum(sh.get("bytes", 0) for s in SPLITS for sh in index["splits"][s]["shards"]))
 
 
-def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
-    """Inverse class frequency, normalised so a balanced dataset gets weight 1 everywhere."""
-    counts = np.bincount(labels, minlength=num_classes)
-    return {i: float(len(labels) / (num_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
+def class_weights(counts: list[int]) -> dict[int, float]:
+    """Inverse class frequency from the images per class, normalised so a balanced dataset gets weight 1."""
+    total, n = sum(counts), len(counts)
+    return {i: float(total / (n * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
 def package_versions() -> dict[str, str]:
@@ -335,31 +365,41 @@ def load_checkpoint(store: Store, prefix: str, variant: Variant, num_classes: in
 
 def evaluate(model: keras.Model, data: Data, variant: Variant) -> tuple[dict, str]:
     """metrics.json content and predictions.csv text for the val and test splits (test is only evaluated), from
-    the inference `model` exactly as it is saved (`models.inference_model`: with test-time flips if set)."""
+    the inference `model` exactly as it is saved (`models.inference_model`: with test-time flips if set).
+    The splits stream from their shards in stored order, a batch at a time: memory holds the answers only."""
     splits = {}
     for split in ("valid", "test"):
         part = data.splits[split]
-        ds = input_pipeline(part["images"], part["labels"], variant, training=False)
-        ds = ds.map(lambda images, labels: tf.cast(images, tf.float32))
-        probs = model.predict(ds, verbose=0) if len(part["labels"]) else np.zeros((0, len(data.classes)))
-        splits[split] = (part["labels"], probs, part["filenames"])
+        probs, labels, names = [np.zeros((0, len(data.classes)), np.float32)], [], []
+        for batch in shards.records(part.paths, part.size, variant.batch_size):
+            probs.append(np.asarray(model.predict_on_batch(tf.cast(batch["images"], tf.float32))))
+            labels.append(batch["labels"].numpy())
+            names += [n.decode() for n in batch["filenames"].numpy()]
+        splits[split] = (np.concatenate(labels) if labels else np.zeros((0,), np.int32), np.concatenate(probs),
+                         np.asarray(names, dtype=str))
     return evaluation(data.classes, splits)
 
 
-def fit(model, data: Data, variant: Variant, callbacks: list, initial_epoch: int):
+def fit(model, data: Data, variant: Variant, callbacks: list, initial_epoch: int, epochs: int | None = None):
     """model.fit on the variant's input pipeline; the one place training happens (the benchmark calls it too).
 
-    The training stream starts at `initial_epoch`, so a resumed run gets the same batches as an uninterrupted one.
+    The training stream starts at `initial_epoch`, so a resumed run gets the same batches as an uninterrupted one:
+    from memory when the train split fits `cache_mb` (`pipeline.input_pipeline`), else streamed from the shards
+    (`shards.streamed_training`); both key every epoch's order to (seed, epoch).
     """
-    n = len(data.classes)
-    images, labels = data.splits["train"]["images"], data.splits["train"]["labels"]
-    boxes = train_boxes(data.splits["train"], variant, f"the {variant.image_size}px train tensors")
-    train = input_pipeline(images, labels, variant, True, first_epoch=initial_epoch, boxes=boxes)
-    val = input_pipeline(data.splits["valid"]["images"], data.splits["valid"]["labels"], variant, False)
-    weights = class_weights(labels, n) if variant.class_weights else None
-    return model.fit(train, validation_data=val, epochs=variant.epochs, initial_epoch=initial_epoch,
-                     steps_per_epoch=batches_per_epoch(len(labels), variant), callbacks=callbacks,
-                     class_weight=weights, shuffle=False, verbose=2)
+    train = data.splits["train"]
+    arrays = train.in_memory(variant)
+    if arrays is not None:
+        boxes = train_boxes(arrays, variant, f"the {variant.image_size}px train tensors")
+        stream = input_pipeline(arrays["images"], arrays["labels"], variant, True, first_epoch=initial_epoch,
+                                boxes=boxes)
+    else:
+        stream = shards.streamed_training(train.paths, train.count, variant, initial_epoch, variant.augment.uses_boxes)
+    weights = class_weights(train.class_counts) if variant.class_weights else None
+    return model.fit(stream, validation_data=data.splits["valid"].batches(variant),
+                     epochs=variant.epochs if epochs is None else epochs,
+                     initial_epoch=initial_epoch, steps_per_epoch=batches_per_epoch(train.count, variant),
+                     callbacks=callbacks, class_weight=weights, shuffle=False, verbose=2)
 
 
 def _on_sigterm(signum, frame):
@@ -391,9 +431,9 @@ def _run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool, held
         keras.utils.set_random_seed(variant.seed)
         tf.config.experimental.enable_op_determinism()  # a rerun with the same seed reproduces the history
         # Dataset
-        data = load_data(store, sweep, variant.image_size)
-        log.info("%s: %d train / %d val / %d test images at %dpx (%.1f MB read from the store)", variant.name,
-                 *(len(data.splits[s]["labels"]) for s in SPLITS), variant.image_size, data.bytes_read / 1e6)
+        data = load_data(store, sweep, variant.image_size, workdir / "tensors")
+        log.info("%s: %d train / %d val / %d test images at %dpx (%.1f MB of shards)", variant.name,
+                 *(data.splits[s].count for s in SPLITS), variant.image_size, data.bytes_read / 1e6)
         write_config(store, sweep, variant, data)
         # Model: the last checkpoint's, or a new one
         model, state = load_checkpoint(store, prefix, variant, len(data.classes), workdir)

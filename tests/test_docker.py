@@ -157,7 +157,9 @@ def test_prepare_and_one_variant_in_the_container_against_s3(image, s3, tmp_path
     store = _store(env, store_uri)
     assert store.is_complete(sweep.dataset.prefix) is not None
     for size in sweep.image_sizes:
-        assert store.exists(f"{sweep.dataset.prefix}/tensors/{size}/train.npz")
+        index = store.get_json(f"{sweep.dataset.prefix}/tensors/{size}/index.json")  # sharded (issue 21)
+        assert index["format"] == "tfrecord-v1" and index["splits"]["train"]["images"] > 0
+        assert store.exists(f"{sweep.dataset.prefix}/tensors/{size}/" + index["splits"]["train"]["shards"][0]["file"])
 
     variant = sweep.variant("cnn-a")
     train = run(image, job_argv(sweep, variant.job, "smoke.yaml", variant="cnn-a", store=store_uri), env)

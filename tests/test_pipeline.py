@@ -125,7 +125,7 @@ def test_content_box_is_where_the_photo_lies_in_its_padded_square():
     image, box = decode_pad_resize_box(tf.constant(jpeg(wide)), 32, fast=False)
     assert np.allclose(box.numpy(), [0.25, 0.0, 0.75, 1.0])
     assert image.numpy()[2, 16].max() < 10 and image.numpy()[16, 16].min() > 190  # bar above, photo inside
-    _, _, boxes = materialise([jpeg(wide), jpeg(wide.transpose(1, 0, 2).copy())], ["fish", "shark"], 32)
+    _, _, boxes = next(materialise([jpeg(wide), jpeg(wide.transpose(1, 0, 2).copy())], ["fish", "shark"], 32))
     assert np.allclose(boxes, [[0.25, 0, 0.75, 1], [0, 0.25, 1, 0.75]])
 
 
@@ -239,3 +239,59 @@ def test_input_norm_per_image_ignores_global_contrast_and_fixed_keeps_the_photos
     levels = np.broadcast_to(np.array([0.0, 127.5, 255.0], np.float32), (1, 32, 32, 3))
     np.testing.assert_allclose(np.asarray(first(levels))[0, 0, 0], [-1.0, 0.0, 1.0], atol=1e-6)
     assert np.abs(np.asarray(loaded(x)) - np.asarray(loaded(half))).max() > 1e-4
+
+
+# --- shards (issue 21): written in bounded pieces, streamed with every draw keyed to (seed, epoch) -------------
+
+def write_photos(tmp_path, n: int = 50, per_shard: int = 10):
+    """n photos of 32 px whose pixels all equal their number, in shards of `per_shard`; (store, index)."""
+    from common.shards import ShardWriter
+    from common.store import open_store
+
+    store = open_store(str(tmp_path / "store"))
+    classes = [f"c{i}" for i in range(7)]
+    writer = ShardWriter(store, "data/tensors/32", 32, classes, tmp_path, shard_mb=per_shard * 32 * 32 * 3 / 1e6)
+    for k in range(n):
+        writer.add("train", np.full((32, 32, 3), k, np.uint8), k % 7, f"p{k:03d}.jpg", [0.25, 0, 0.75, 1])
+    return store, writer.finish(("train", "valid"), {"fingerprint": "f"})
+
+
+def test_shards_hold_bounded_pieces_and_an_index_of_counts(tmp_path):
+    from common.shards import read_split
+
+    store, index = write_photos(tmp_path, n=45, per_shard=10)
+    shards = index["splits"]["train"]["shards"]
+    assert [s["images"] for s in shards] == [10, 10, 10, 10, 5]
+    assert [s["file"] for s in shards][:2] == ["train-00000.tfrecord", "train-00001.tfrecord"]
+    assert shards[0]["classes"] == {f"c{i}": 2 if i < 3 else 1 for i in range(7)}
+    assert index["splits"]["train"]["classes"]["c0"] == 7 and index["splits"]["valid"] == {
+        "images": 0, "classes": {f"c{i}": 0 for i in range(7)}, "shards": []}
+    assert store.is_complete("data/tensors/32")["images"] == {"train": 45, "valid": 0}
+    back = read_split(store, "data/tensors/32", "train", tmp_path / "read")
+    assert back["images"][:, 0, 0, 0].tolist() == list(range(45))  # stored order, every pixel intact
+    assert back["labels"].tolist() == [k % 7 for k in range(45)]
+    assert back["filenames"][3] == "p003.jpg" and np.allclose(back["boxes"], [0.25, 0, 0.75, 1])
+
+
+def test_streamed_training_is_keyed_to_seed_and_epoch_and_resumes_exactly(tmp_path):
+    from common.shards import local_shards, streamed_training
+
+    store, index = write_photos(tmp_path)
+    paths = local_shards(store, "data/tensors/32", index, "train", tmp_path / "local")
+    v = variant(epochs=3).model_copy(update={"shuffle_buffer": 16})
+
+    def photos(ds):
+        return [(x[:, 0, 0, 0].numpy().tolist(), y.numpy().tolist()) for x, y in ds]
+
+    first = photos(streamed_training(paths, 50, v))
+    per_epoch = batches_per_epoch(50, v)
+    assert len(first) == 3 * per_epoch
+    epochs = [sum((ids for ids, _ in first[e * per_epoch:(e + 1) * per_epoch]), []) for e in range(3)]
+    assert all(sorted(e) == list(range(50)) for e in epochs)  # every photo once per epoch
+    assert epochs[0] != list(range(50)) and epochs[0] != epochs[1]  # shuffled, and differently each epoch
+    assert all(y == [k % 7 for k in ids] for ids, y in first)  # labels travel with their images
+    assert photos(streamed_training(paths, 50, v)) == first  # same seed: same batches
+    assert photos(streamed_training(paths, 50, v, first_epoch=2)) == first[2 * per_epoch:]  # a resume: the same
+    assert photos(streamed_training(paths, 50, v.model_copy(update={"seed": 7}))) != first
+    boxed = next(iter(streamed_training(paths, 50, v, boxes=True)))
+    assert np.allclose(boxed[0][1].numpy(), [0.25, 0, 0.75, 1])  # content boxes for frame-robust training

@@ -336,3 +336,22 @@ def test_robustness_measures_agreement_and_accuracy_per_copy(model_dir):
     full = robustness(tiny, jpegs[:2], labels[:2])
     assert set(full["copies"]) == set(COPIES)
     assert all(0 <= v <= 1 for row in full["copies"].values() for v in row.values())
+
+
+def test_robustness_measured_in_chunks_equals_the_whole_split():
+    """aggregate measures the validation photos CHUNK at a time (bounded memory): merging the chunks' figures
+    must give what one pass over all photos gives."""
+    from common.robustness import COPIES, merged, model_classifier, robustness
+
+    jpegs = [encode(photo(120, 90, seed, scale=0.2 + 0.15 * seed)) for seed in range(7)]  # dark to bright
+    labels = [0, 0, 0, 1, 1, 1, 0]
+    copies = {k: COPIES[k] for k in ("letterbox-white", "letterbox-black", "mirror")}
+    classify = model_classifier(brightness_model(32), 32)
+    whole = robustness(classify, jpegs, labels, copies)
+    parts = merged([robustness(classify, jpegs[a:b], labels[a:b], copies) for a, b in ((0, 3), (3, 6), (6, 7))])
+    assert parts["images"] == 7 and parts["accuracy"] == pytest.approx(whole["accuracy"])
+    for key in ("agreement", "min_agreement", "trimmed_agreement", "trimmed_min_agreement"):
+        assert parts[key] == pytest.approx(whole[key])
+    for name, row in whole["copies"].items():
+        assert parts["copies"][name] == pytest.approx(row)
+    assert 0 < whole["copies"]["letterbox-white"]["agreement"] < 1  # the figures are not trivially equal

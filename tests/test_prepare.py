@@ -273,9 +273,9 @@ def test_labels_layout_and_counts(dataset_zip, tmp_path):
     success = store.is_complete("data")
     assert success["fingerprint"] == fp["fingerprint"] and success["sizes"] == [64]
     assert store.is_complete("data/tensors/64")["images"] == {"train": 42, "valid": 14, "test": 14}
-    from common.pipeline import tensors_from_bytes
+    from common.shards import read_split
 
-    t = tensors_from_bytes(store.get_bytes("data/tensors/64/valid.npz"))
+    t = read_split(store, "data/tensors/64", "valid", tmp_path / "shards")
     valid = [r for r in rows if r["split"] == "valid"]
     assert t["images"].shape == (14, 64, 64, 3) and t["images"].dtype == np.uint8
     assert list(t["filenames"]) == [r["filename"] for r in valid]
@@ -329,9 +329,9 @@ def test_rerun_is_a_noop_and_new_sizes_are_added(dataset_zip, tmp_path):
     assert store.is_complete("data")["sizes"] == [32, 64]
     assert store.is_complete("data/tensors/32")["images"]["train"] == 42
     assert all(p.stat().st_mtime_ns == before[p] for p in before if p.name != "_SUCCESS" or "tensors" in str(p))
-    from common.pipeline import tensors_from_bytes
+    from common.shards import read_split
 
-    assert tensors_from_bytes(store.get_bytes("data/tensors/32/test.npz"))["images"].shape == (14, 32, 32, 3)
+    assert read_split(store, "data/tensors/32", "test", tmp_path / "shards")["images"].shape == (14, 32, 32, 3)
 
 
 def test_different_dataset_needs_force(dataset_zip, tmp_path):
@@ -368,7 +368,8 @@ def test_s3_source_and_s3_store_end_to_end(dataset_zip, s3_env):
     store = open_store(s3_env)
     keys = store.list("data")
     for key in ["data/_SUCCESS", "data/labels.csv", "data/skipped.csv", "data/classes.json", "data/counts.json",
-                "data/fingerprint.json", "data/tensors/64/_SUCCESS", "data/tensors/64/train.npz"]:
+                "data/fingerprint.json", "data/tensors/64/_SUCCESS", "data/tensors/64/index.json",
+                "data/tensors/64/train-00000.tfrecord"]:
         assert key in keys
     assert sum(k.startswith("data/images/") for k in keys) == 70
     assert store.is_complete("data")["source"] == f"s3://{bucket}/incoming/aquarium.zip"

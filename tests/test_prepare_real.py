@@ -78,9 +78,9 @@ def test_real_dataset(real_zip, tmp_path):
         assert counts[split] == per_class
     assert counts["valid"]["fish"] > counts["valid"]["starfish"]  # fish photos dominate, as in the seed
 
-    from common.pipeline import tensors_from_bytes
+    from common.shards import read_split
 
-    test = tensors_from_bytes(store.get_bytes("data/tensors/64/test.npz"))
+    test = read_split(store, "data/tensors/64", "test", tmp_path / "shards")
     assert test["images"].shape == (63, 64, 64, 3)
     assert test["images"].std() > 10  # real photos, not padding
     assert np.array_equal(test["labels"], [CLASSES.index(r["label"]) for r in real if r["split"] == "test"])

@@ -112,12 +112,12 @@ def test_cnn_variant_writes_every_artefact_and_metrics_match_predictions(prepare
     import keras
 
     import common.models  # noqa: F401
-    from common.pipeline import tensors_from_bytes
+    from common.shards import read_split
 
     model_path = tmp_path / "model.keras"
     store.download(f"{prefix}/model.keras", model_path)
     model = keras.models.load_model(model_path)
-    test = tensors_from_bytes(store.get_bytes(f"data/tensors/{variant.image_size}/test.npz"))
+    test = read_split(store, f"data/tensors/{variant.image_size}", "test", tmp_path / "shards")
     got = model.predict(test["images"].astype("float32"), verbose=0)
     want = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows if r["split"] == "test"])
     assert np.allclose(got, want, atol=1e-4)
@@ -164,14 +164,16 @@ def _wait_for_epoch(store, prefix, epoch, proc, timeout=300):
     raise AssertionError(f"epoch {epoch} not reached")
 
 
-def test_killed_variant_resumes_exactly_as_the_uninterrupted_run(prepared, tmp_path):
+@pytest.mark.parametrize("cache_mb", [256, 0], ids=["in-memory", "streamed"])
+def test_killed_variant_resumes_exactly_as_the_uninterrupted_run(prepared, tmp_path, cache_mb):
     """SIGKILL after epoch 3, resume: history, final weights and optimizer state equal an uninterrupted run's,
-    bit for bit -- shuffle, augmentation, mixup and dropout are keyed to (seed, epoch/step), not to the process."""
+    bit for bit -- shuffle, augmentation, mixup and dropout are keyed to (seed, epoch/step), not to the process;
+    with the train split in memory, and streamed from its shards through the shuffle buffer (`cache_mb: 0`)."""
     uri, env = prepared
     epochs, steps = 8, 3
     cnn_a = {"epochs": epochs, "steps_per_epoch": steps, "early_stopping_patience": 50,
              "augment": {"contrast": 0.2, "mixup": 0.2, "frame": 0.5, "border": 0.3, "content_crop": 0.3},
-             "dropout": 0.3}
+             "dropout": 0.3, "cache_mb": cache_mb, "shuffle_buffer": 16}
     config = spec(tmp_path, **{"cnn-a": cnn_a})
     sweep = load_sweep(config)
     store = open_env_store(uri, env)

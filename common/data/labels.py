@@ -50,7 +50,8 @@ class Box:
 
 @dataclass
 class Labelled:
-    """One photo with its dominant class. `jpeg` is filled in by the caller that reads the bytes."""
+    """One photo with its dominant class. `jpeg` is filled in by a caller that holds the bytes; `prepare` keeps
+    only `path` and the bytes' `digest`, so its memory does not grow with the number of photos."""
 
     split: str
     filename: str
@@ -59,10 +60,11 @@ class Labelled:
     boxes: list[Box]
     path: Path | None = None
     jpeg: bytes = field(default=b"", repr=False)
+    digest: str = ""  # sha256 of the photo's bytes when `jpeg` is not held
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.jpeg).hexdigest()
+        return self.digest or hashlib.sha256(self.jpeg).hexdigest()
 
 
 def ranking(boxes: list[Box], classes=CLASSES) -> list[tuple[str, float, int]]:

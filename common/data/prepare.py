@@ -3,6 +3,10 @@
 The order of writes is the contract: everything under `<prefix>/` first, each `tensors/<size>/_SUCCESS` after
 its split files, and `<prefix>/_SUCCESS` last, so a crash anywhere leaves a prefix no reader trusts.
 
+Memory does not grow with the number of photos: photos stay on disk (the unpacked zip, or the store), only
+their sha256 is held, and tensors are decoded a few batches at a time straight into TFRecord shards
+(`common.shards`), each shard uploaded before the next is written.
+
 Reruns are cheap. The `_SUCCESS` record holds the zip's sha256, the synthesize flag, the fingerprint and the
 sizes; when they match, nothing is written ("already prepared"), and a newly requested size is materialised
 from the images already in the store. A *different* complete dataset is never overwritten without `force`.
@@ -10,6 +14,7 @@ from the images already in the store. A *different* complete dataset is never ov
 
 from __future__ import annotations
 
+import collections
 import csv
 import hashlib
 import io
@@ -17,12 +22,10 @@ import json
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse, urlunparse
-
-import numpy as np
 
 from common import lease, table
 from common.config import CLASSES, Sweep
@@ -48,6 +51,7 @@ class Options:
     relative_to: Path | None = None  # where a relative source path may also be found (the spec's folder)
     max_bytes: int = src.MAX_UNPACKED_BYTES
     max_entries: int = src.MAX_ENTRIES
+    shard_mb: float = 100  # pixels per tensor shard (common.shards.SHARD_MB)
 
     @classmethod
     def from_sweep(cls, sweep: Sweep, **settings) -> "Options":
@@ -101,14 +105,15 @@ def prepare(opts: Options, log=_log) -> dict:
         if job.same_zip(sha):
             return _one_writer(job, _complete_existing)
         items, skipped = _read_zip(zip_path, Path(tmp), opts, log)
-    # Synthesize, then fingerprint what a model trains on
-    synthetic = _synthesized(items, opts.synthesize, log)
-    items = _ordered(items + synthetic)
-    labels_csv = _labels_csv(items)
-    fingerprint = _fingerprint(labels_csv, opts.synthesize)
-    record = {"fingerprint": fingerprint, "source": _safe_source(opts.source), "zip_sha256": sha,
-              "synthesize": opts.synthesize, "synthesized": len(synthetic), "skipped": len(skipped)}
-    return _one_writer(job, lambda j: _write(j, items, labels_csv, skipped, record))
+        # Synthesize, then fingerprint what a model trains on
+        synthetic = _synthesized(items, opts.synthesize, Path(tmp) / "synthesized", log)
+        items = _ordered(items + synthetic)
+        labels_csv = _labels_csv(items)
+        fingerprint = _fingerprint(labels_csv, opts.synthesize)
+        record = {"fingerprint": fingerprint, "source": _safe_source(opts.source), "zip_sha256": sha,
+                  "synthesize": opts.synthesize, "synthesized": len(synthetic), "skipped": len(skipped)}
+        # The photos are read from the unpacked zip while writing: the folder lives until then
+        return _one_writer(job, lambda j: _write(j, items, labels_csv, skipped, record))
 
 
 def _one_writer(job: _Job, work) -> dict:
@@ -129,7 +134,7 @@ def _write(job: _Job, items, labels_csv: str, skipped, record: dict) -> dict:
         raise BadInput(_different(job, record["zip_sha256"]))
     record = _write_dataset(job, items, labels_csv, skipped, record)
     for size in sizes:
-        _write_tensors(store, prefix, items, size, job.opts.fast, record["fingerprint"], job.log)
+        _write_tensors(job, items, size, record["fingerprint"], list(CLASSES), _photo)
     job.lease.check()
     store.mark_complete(prefix, {"fingerprint": record["fingerprint"], "sizes": list(sizes),
                                  "zip_sha256": record["zip_sha256"], "synthesize": job.opts.synthesize,
@@ -138,7 +143,8 @@ def _write(job: _Job, items, labels_csv: str, skipped, record: dict) -> dict:
 
 
 def _read_zip(zip_path: Path, tmp: Path, opts: Options, log) -> tuple[list, list]:
-    """Unpack the untrusted zip, validate and label every split; returns (labelled items with bytes, skipped)."""
+    """Unpack the untrusted zip, validate and label every split; returns (labelled items, skipped). Items keep
+    the path of their unpacked photo and its sha256, not its bytes."""
     unpacked = src.safe_extract(zip_path, tmp / "unpacked", opts.source, opts.max_bytes, opts.max_entries)
     root = src.dataset_root(unpacked, SPLITS, opts.source)
     items, skipped = [], []
@@ -147,15 +153,30 @@ def _read_zip(zip_path: Path, tmp: Path, opts: Options, log) -> tuple[list, list
         items += got
         skipped += skip
         log(f"  {split}: {len(got)} labelled images, {len(skip)} without boxes")
-    for item in items:
-        item.jpeg = item.path.read_bytes()
+    with ThreadPoolExecutor(4) as pool:
+        for item, digest in zip(items, pool.map(lambda i: src.sha256_file(i.path), items)):
+            item.digest = digest
     return items, skipped
 
 
-def _synthesized(items, synthesize: bool, log) -> list:
+def _photo(item) -> bytes:
+    """A photo's bytes, read when they are needed (items hold a path, not the bytes)."""
+    return item.jpeg or item.path.read_bytes()
+
+
+def _synthesized(items, synthesize: bool, folder: Path, log) -> list:
+    """The synthetic train photos, each written to `folder` as it is made (items hold paths, not bytes)."""
     if not synthesize:
         return []
-    synthetic = [s for s in (labels.synthesize(i) for i in items if i.split == "train") if s is not None]
+    folder.mkdir(parents=True, exist_ok=True)
+    synthetic = []
+    for item in (i for i in items if i.split == "train"):
+        made = labels.synthesize(replace(item, jpeg=_photo(item), digest=""))
+        if made is not None:
+            made.path, made.digest = folder / made.filename, made.sha256
+            made.path.write_bytes(made.jpeg)
+            made.jpeg = b""
+            synthetic.append(made)
     log(f"  synthesized {len(synthetic)} train images (dominant class painted away)")
     return synthetic
 
@@ -175,7 +196,7 @@ def _write_dataset(job: _Job, items, labels_csv: str, skipped, record: dict) -> 
     store.delete_prefix(prefix)  # leftovers of an unfinished run or the dataset being replaced
     job.log(f"writing {len(items)} images to {store.url(prefix)}")
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: store.put_bytes(join(prefix, "images", i.split, i.label, i.filename), i.jpeg),
+        list(pool.map(lambda i: store.put_bytes(join(prefix, "images", i.split, i.label, i.filename), _photo(i)),
                       items))
     store.put_text(join(prefix, "labels.csv"), labels_csv)
     store.put_text(join(prefix, "skipped.csv"), _csv(["split", "filename", "reason"], skipped))
@@ -188,10 +209,15 @@ def _write_dataset(job: _Job, items, labels_csv: str, skipped, record: dict) -> 
 
 
 def _complete_existing(job: _Job) -> dict:
-    """The dataset is already in the store: materialise only the sizes it lacks, from the stored images."""
+    """The dataset is already in the store: materialise only the sizes it lacks -- or holds in the older layout
+    of one .npz per split -- from the stored images."""
+    from common.shards import is_current
+
     store, prefix, done = job.store, job.prefix, job.done
     have = set(done.get("sizes", []))
-    missing = [s for s in job.sizes if s not in have or not store.is_complete(join(prefix, "tensors", str(s)))]
+    missing = [s for s in job.sizes
+               if s not in have or not is_current(store.is_complete(join(prefix, "tensors", str(s))))]
+
     record = store.get_json(join(prefix, "fingerprint.json"))
     if not missing:
         job.log(f"already prepared: {store.url(prefix)} (fingerprint {done['fingerprint']}, sizes {sorted(have)})")
@@ -199,37 +225,54 @@ def _complete_existing(job: _Job) -> dict:
     job.log(f"dataset already in {store.url(prefix)}; materialising missing sizes {missing}")
     items = [labels.Labelled(r["split"], r["filename"], r["label"], float(r["score"]), [])
              for r in csv.DictReader(io.StringIO(store.get_text(join(prefix, "labels.csv"))))]
-    with ThreadPoolExecutor(8) as pool:
-        blobs = pool.map(lambda i: store.get_bytes(join(prefix, "images", i.split, i.label, i.filename)), items)
-        for item, blob in zip(items, blobs):
-            item.jpeg = blob
     for size in missing:
-        _write_tensors(store, prefix, items, size, job.opts.fast, done["fingerprint"], job.log)
+        _write_tensors(job, items, size, done["fingerprint"], list(CLASSES),
+                       lambda i: store.get_bytes(join(prefix, "images", i.split, i.label, i.filename)))
     all_sizes = sorted(have | set(missing))
     store.mark_complete(prefix, {**done, "sizes": all_sizes})
     return _summary("added sizes", job, record, all_sizes, missing)
 
 
-def _write_tensors(store: Store, prefix: str, items, size: int, fast: bool, fingerprint: str, log) -> None:
-    """tensors/<size>/<split>.npz through common.pipeline (the one definition of decode/pad/resize)."""
-    from common.pipeline import materialise, tensors_to_bytes  # TensorFlow: only when there is work
+def _write_tensors(job: _Job, items, size: int, fingerprint: str, classes: list[str], photo: Callable) -> None:
+    """tensors/<size>/ as TFRecord shards through common.pipeline (the one definition of decode/pad/resize):
+    photos are read (`photo(item)`, a few ahead), decoded and written a batch at a time, so memory holds a
+    few batches and one shard whatever the number of photos; index.json, then `_SUCCESS`, last."""
+    from common.pipeline import materialise  # TensorFlow: only when there is work
+    from common.shards import ShardWriter
 
     t = time.monotonic()
-    base = join(prefix, "tensors", str(size))
+    store, fast = job.store, job.opts.fast
+    base = join(job.prefix, "tensors", str(size))
     items = _ordered(items)
-    # One materialise call for all splits: each call traces the decode graph again (~0.2 s).
-    images, ids, boxes = materialise([i.jpeg for i in items], [i.label for i in items], size, fast)
-    if (ids < 0).any():
-        raise BadInput(f"{store.url(join(prefix, 'labels.csv'))} has a label outside {list(CLASSES)}: "
-                       "rerun prepare with --force")
-    counts = {}
-    for split in SPLITS:
-        rows = np.array([k for k, i in enumerate(items) if i.split == split], dtype=np.int64)
-        store.put_bytes(join(base, f"{split}.npz"),
-                        tensors_to_bytes(images[rows], ids[rows], [items[k].filename for k in rows], boxes[rows]))
-        counts[split] = len(rows)
-    store.mark_complete(base, {"fingerprint": fingerprint, "size": size, "fast": fast, "images": counts})
-    log(f"  tensors {size} px: {counts} ({time.monotonic() - t:.1f} s, {'fast' if fast else 'full'} decode)")
+    store.delete_prefix(base)  # an unfinished run's shards, or the older layout's .npz files
+    with tempfile.TemporaryDirectory(prefix="aquarium-shards-") as tmp:
+        writer = ShardWriter(store, base, size, classes, Path(tmp), job.opts.shard_mb)
+        done = 0
+        for images, ids, boxes in materialise(_read_ahead(photo, items), [i.label for i in items], size, fast,
+                                              classes=classes):
+            if (ids < 0).any():
+                raise BadInput(f"{store.url(join(job.prefix, 'labels.csv'))} has a label outside {classes}: "
+                               "rerun prepare with --force")
+            for image, label, box, item in zip(images, ids, boxes, items[done:]):
+                writer.add(item.split, image, int(label), item.filename, box)
+            done += len(ids)
+        index = writer.finish(SPLITS, {"fingerprint": fingerprint, "fast": fast})
+    counts = {s: index["splits"][s]["images"] for s in SPLITS}
+    shards = sum(len(index["splits"][s]["shards"]) for s in SPLITS)
+    job.log(f"  tensors {size} px: {counts} in {shards} shards ({time.monotonic() - t:.1f} s, "
+            f"{'fast' if fast else 'full'} decode)")
+
+
+def _read_ahead(photo: Callable, items, depth: int = 32):
+    """Each item's bytes in order, read by 8 threads at most `depth` photos ahead (a store's latency overlaps)."""
+    with ThreadPoolExecutor(8) as pool:
+        pending = collections.deque()
+        for item in items:
+            pending.append(pool.submit(photo, item))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _ordered(items):
