@@ -69,8 +69,8 @@ def main() -> None:
         tmp = Path(tmp)
         store = open_store(str(tmp / "store"))
         prepare(Options(source=str(zip_path), store=store.uri, sizes=(64, 224)), log=lambda m: None)
-        tensor_mb = {size: sum((tmp / "store" / "data" / "tensors" / str(size) / f"{s}.npz").stat().st_size
-                               for s in ("train", "valid", "test")) / 2**20 for size in (64, 224)}
+        tensor_mb = {size: sum(p.stat().st_size for p in (tmp / "store" / "data" / "tensors" / str(size)).glob(
+            "*.tfrecord")) / 2**20 for size in (64, 224)}
         spec = yaml.safe_load((ROOT / "sweep.yaml").read_text())
         spec["store"] = store.uri
         spec["dataset"]["source"] = str(zip_path)
@@ -101,7 +101,7 @@ def main() -> None:
                             text=True).stdout.strip()
     base = rows[1][1]
     print(f"\npeak RSS per process ({args.epochs} epochs x {args.steps} steps, then val + test evaluation); "
-          f"prepared tensors (train+valid+test .npz): 64 px {tensor_mb[64]:.1f} MiB, 224 px {tensor_mb[224]:.1f} MiB")
+          f"prepared tensors (train+valid+test shards): 64 px {tensor_mb[64]:.1f} MiB, 224 px {tensor_mb[224]:.1f} MiB")
     print(f"nproc {os.cpu_count()}, load average before {load_before}, after {load_after}, "
           f"{time.strftime('%Y-%m-%d %H:%M %Z')}, commit {commit}")
     print("| process | peak RSS MiB | over bare TensorFlow import, MiB | wall s |")

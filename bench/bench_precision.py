@@ -64,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp:
         store = open_store(str(Path(tmp) / "store"))
         prepare(Options(source=str(zip_path), store=store.uri, sizes=(variant.image_size,)), log=lambda m: None)
-        data = load_data(store, sweep, variant.image_size)
+        data = load_data(store, sweep, variant.image_size, Path(tmp) / "tensors")
         for r in range(args.rounds):
             for s in (settings if r % 2 == 0 else settings[::-1]):
                 epoch_times, acc = one_run(store, data, variant, s, args.epochs)

@@ -62,13 +62,13 @@ def main() -> None:
                 runs[name] = min(runs[name], time.perf_counter() - t)
         images = sum(summary["images"].values())
 
-        from common.pipeline import tensors_from_bytes
+        from common.shards import read_split
 
         diffs = {}
         for size in SIZES:
             total, count = 0.0, 0
             for split in SPLITS:
-                a, b = (tensors_from_bytes(open_store(str(tmp / n)).get_bytes(f"data/tensors/{size}/{split}.npz"))
+                a, b = (read_split(open_store(str(tmp / n)), f"data/tensors/{size}", split, tmp / "read")
                         for n in ("fast", "full"))
                 assert list(a["filenames"]) == list(b["filenames"])
                 d = np.abs(a["images"].astype(np.int16) - b["images"].astype(np.int16))

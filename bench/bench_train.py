@@ -66,9 +66,10 @@ def plain_epochs(store, variant, data, workdir) -> list[float]:
     """What a user would write by hand: model.fit on the same tensors, no callbacks."""
     keras.utils.set_random_seed(variant.seed)
     model = build_model(store, variant, len(data.classes), workdir)
-    labels = data.splits["train"]["labels"]
-    train = input_pipeline(data.splits["train"]["images"], labels, variant, True)
-    val = input_pipeline(data.splits["valid"]["images"], data.splits["valid"]["labels"], variant, False)
+    arrays = data.splits["train"].in_memory(variant)  # aquarium fits `cache_mb`: the arrays the variant uses
+    labels = arrays["labels"]
+    train = input_pipeline(arrays["images"], labels, variant, True)
+    val = data.splits["valid"].batches(variant)
     timer = EpochTimer()
     model.fit(train, validation_data=val, epochs=variant.epochs, callbacks=[timer], verbose=0,
               steps_per_epoch=batches_per_epoch(len(labels), variant))
@@ -90,15 +91,15 @@ def main():
     store = open_store(workdir / "store")
     prepare(Options(source=zip_path, store=store.uri, prefix=sweep.dataset.prefix, sizes=tuple(sweep.image_sizes)),
             log=lambda msg: None)
-    sizes = {size: load_data(store, sweep, size).bytes_read for size in sweep.image_sizes}
-    data = load_data(store, sweep, variant.image_size)
+    sizes = {size: load_data(store, sweep, size, workdir / "tensors").bytes_read for size in sweep.image_sizes}
+    data = load_data(store, sweep, variant.image_size, workdir / "tensors")
 
     wrapper, plain = [], []
     for _ in range(args.rounds):  # interleaved; the first epoch of each run (tracing) is left out
         plain += plain_epochs(store, variant, data, workdir)[1:]
         wrapper += wrapper_epochs(store, sweep, variant, data, workdir)[1:]
     p, w = statistics.median(plain), statistics.median(wrapper)
-    print(f"variant {variant.name} ({variant.image_size}px, {len(data.splits['train']['labels'])} train images), "
+    print(f"variant {variant.name} ({variant.image_size}px, {data.splits['train'].count} train images), "
           f"{args.rounds} rounds x {args.epochs - 1} timed epochs, store {store.uri}")
     print(f"  plain model.fit      median epoch {p:.3f} s  (min {min(plain):.3f})")
     print(f"  train-variant fit    median epoch {w:.3f} s  (min {min(wrapper):.3f})")
