@@ -516,3 +516,28 @@ def test_an_undecodable_photo_is_one_problem_not_many_bad_rows(tmp_path):
     rows[-1][3] = "whale"  # a second, different problem is still counted
     result = run("--source", write_zip(tmp_path / "bad2.zip", splits), "--store", tmp_path / "s")
     assert "does not decode" in error_line(result) and "(1 more bad rows in this file)" in error_line(result)
+
+
+def test_a_store_of_npz_tensors_is_refused_by_training_and_rewritten_by_prepare(dataset_zip, tmp_path):
+    """Issue 21: tensors are TFRecord shards. A store of the older layout (one .npz per split) is refused by a
+    variant with the fix, and `prepare` of the same zip rewrites that size as shards from the stored photos."""
+    from helpers import ROOT
+
+    from common.config import load_sweep
+    from common.train import load_data
+
+    store_dir = tmp_path / "store"
+    prepare_ok(dataset_zip, store_dir)
+    store = open_store(str(store_dir))
+    fingerprint = store.is_complete("data")["fingerprint"]
+    store.delete_prefix("data/tensors/64")  # what a store prepared before issue 21 holds
+    store.put_bytes("data/tensors/64/train.npz", b"npz")
+    store.mark_complete("data/tensors/64", {"fingerprint": fingerprint, "size": 64, "images": {"train": 42}})
+    with pytest.raises(BadInput, match=r"older layout \(one \.npz per split\): rerun `aquarium prepare --force`"):
+        load_data(store, load_sweep(ROOT / "smoke.yaml"), 64, tmp_path / "local")
+    result = prepare_ok(dataset_zip, store_dir)
+    assert "materialising missing sizes [64]" in result.output
+    assert store.is_complete("data/tensors/64")["format"] == "tfrecord-v1"
+    assert not store.exists("data/tensors/64/train.npz")
+    data = load_data(store, load_sweep(ROOT / "smoke.yaml"), 64, tmp_path / "local")
+    assert data.splits["train"].count == 42 and data.fingerprint == fingerprint
