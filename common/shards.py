@@ -17,7 +17,6 @@ at most `shard_mb` of pixels (100 MB: big enough for sequential reads, small eno
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +149,7 @@ def local_shards(store: Store, base: str, index: dict, split: str, folder: Path)
 
 def records(paths: list[str], size: int, batch_size: int) -> tf.data.Dataset:
     """The split's records in order (evaluation, or loading into memory), parsed in batches."""
-    ds = tf.data.TFRecordDataset(tf.constant(paths, tf.string), num_parallel_reads=None)
+    ds = tf.data.TFRecordDataset(tf.constant(paths, tf.string))
     return ds.batch(batch_size).map(lambda r: parse(r, size), num_parallel_calls=tf.data.AUTOTUNE,
                                     deterministic=True).prefetch(tf.data.AUTOTUNE)
 
@@ -177,20 +176,21 @@ def streamed_training(paths: list[str], count: int, variant: Variant, first_epoc
 
     Epochs `first_epoch`..`variant.epochs - 1` as one stream; each epoch reads the shards in an order shuffled
     by (seed, epoch), interleaved four at a time, through a shuffle buffer of `variant.shuffle_buffer` photos
-    seeded by (seed, epoch) too (and tf's global seed, which training sets to the variant's seed) -- so a resumed run sees exactly the batches of the uninterrupted one, and memory
-    holds the buffer, not the split. Batches as `pipeline.input_pipeline`'s: uint8 images (with content boxes
+    seeded by (seed, epoch) too (and TensorFlow's global seed, which training sets to the variant's seed) -- so a
+    resumed run sees exactly the batches of the uninterrupted one, and memory holds the buffer, not the split. Batches as `pipeline.input_pipeline`'s: uint8 images (with content boxes
     when `boxes`), int32 labels; `batches_per_epoch` of them per epoch.
     """
     from common.pipeline import batches_per_epoch
 
     size, batches = variant.image_size, batches_per_epoch(count, variant)
+    readers = max(1, min(4, len(paths)))  # shards read at once, interleaved record by record
 
     def one_epoch(epoch: int) -> tf.data.Dataset:
         rng = np.random.default_rng([variant.seed, epoch])  # the shard order and the buffer's seed of this epoch
         order = [paths[i] for i in rng.permutation(len(paths))]
         ds = tf.data.Dataset.from_tensor_slices(tf.constant(order, tf.string)).interleave(
-            tf.data.TFRecordDataset, cycle_length=min(4, len(paths)), block_length=1,
-            num_parallel_calls=min(4, len(paths)), deterministic=True)
+            tf.data.TFRecordDataset, cycle_length=readers, block_length=1, num_parallel_calls=readers,
+            deterministic=True)
         ds = ds.shuffle(variant.shuffle_buffer, seed=int(rng.integers(2 ** 31 - 1)), reshuffle_each_iteration=False)
         return ds.batch(variant.batch_size).take(batches)
 
@@ -208,6 +208,5 @@ def streamed_training(paths: list[str], count: int, variant: Variant, first_epoc
 def read_split(store: Store, base: str, split: str, folder: Path) -> dict[str, np.ndarray]:
     """One stored split as numpy arrays (tests, benchmarks and small tools)."""
     index = read_index(store, base)
-    os.makedirs(folder, exist_ok=True)
     return load_arrays(local_shards(store, base, index, split, folder), index["size"])
 
