@@ -11,7 +11,7 @@ as its own process (peak RSS from `os.wait4` through bench_memory's lean launche
   prepare      `aquarium prepare --image-sizes 64,224` into a file store: wall, photos/s, peak RSS;
   train-64     the sweep's first 64-px CNN, `--steps` batches of 2 epochs (epoch 1 traces; photos/s of epoch 2);
   train-224    its first 224-px fine-tune (weights none: the step costs the same), the same way;
-  ...streamed  the same with `cache_mb: 0` where the default holds the split in memory (2,000 photos do).
+  ...streamed  the same with `cache_mb: 0` (every split streamed), beside the default `cache_mb`.
 
 With `--old-ref` (a commit before issue 21, e.g. 68f21c0) the smallest count also runs through that commit's
 in-memory path (`git archive` into /tmp): one .npz per split, loaded whole. `--quick` is the suite's mode: the
@@ -59,7 +59,7 @@ sweep = load_sweep(spec)
 v = sweep.variant(name)
 update = {"epochs": 2, "steps_per_epoch": int(steps), "weights": "none", "early_stopping_patience": 5,
           "precision": "float32"}  # the same arithmetic in both checkouts, whatever `auto` resolves to
-if hasattr(v, "cache_mb"):
+if hasattr(v, "cache_mb") and cache_mb != "default":
     update["cache_mb"] = int(cache_mb)
 v = v.model_copy(update=update)
 store, work = open_store(store_uri), Path(tempfile.mkdtemp())
@@ -164,7 +164,7 @@ def run_prepare(root: Path, zip_path: Path, store: Path, sizes: list[int], log: 
     return mib, seconds
 
 
-def run_train(root: Path, spec: Path, store: Path, name: str, steps: int, cache_mb: int, log: Path):
+def run_train(root: Path, spec: Path, store: Path, name: str, steps: int, cache_mb: str, log: Path):
     """(peak RSS MiB, photos/s of epoch 2) of one variant's training process."""
     cmd = [PYTHON, "-c", TRAIN, str(spec), str(store), name, str(steps), str(cache_mb)]
     mib, _, code = peak_rss(["env", f"PYTHONPATH={root}", "sh", "-c", f'cd "{root}" && exec "$@"', "-", *cmd], log)
@@ -222,7 +222,7 @@ def main() -> None:
                       flush=True)
                 spec, names = specs[path]
                 for label, size in (("train-64", 64), ("train-224", 224))[:len(sizes)]:
-                    modes = [("", 256)] + ([(" streamed", 0)] if path == "sharded" else [])
+                    modes = [("", "default")] + ([(" streamed", "0")] if path == "sharded" else [])
                     for suffix, cache_mb in modes:
                         mib, rate = run_train(root, spec, store, names[label], steps[size], cache_mb,
                                               tmp / "train.log")

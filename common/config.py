@@ -92,7 +92,7 @@ class Variant(Strict):
     # input (common/shards.py): a split of at most cache_mb MB of pixels is held in memory (each epoch an exact
     # permutation keyed to (seed, epoch)); a bigger one streams from its shards through a shuffle buffer of
     # shuffle_buffer photos, so memory does not grow with the dataset
-    cache_mb: int = Field(256, ge=0)
+    cache_mb: int = Field(128, ge=0)
     shuffle_buffer: int = Field(1024, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     lr_factor: float = Field(0.2, gt=0, lt=1)  # ReduceLROnPlateau
