@@ -25,6 +25,8 @@ from common.errors import BadInput
 from common.store import s3_endpoint
 
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# The aquarium dataset's classes in the seed's order: the reference data set (sweep.yaml and smoke.yaml list them
+# as dataset.classes); the code itself takes the classes from the data or the spec, never from here.
 CLASSES = ("fish", "jellyfish", "penguin", "puffin", "shark", "starfish", "stingray")
 
 
@@ -81,7 +83,7 @@ class Resources(Strict):
 
 
 class Variant(Strict):
-    """One model to train: a from-scratch CNN (`cnn`) or a MobileNetV3Large fine-tune (`finetune`)."""
+    """One model to train: a from-scratch CNN (`cnn`) or a MobileNetV3 fine-tune (`finetune`)."""
 
     name: Annotated[str, k8s_name(40)]
     kind: Literal["cnn", "finetune"] = "cnn"
@@ -104,8 +106,8 @@ class Variant(Strict):
     test_time_flip: bool = False  # evaluate and save the mean of the answers on the image and its mirror image
     seed: int = 1337
     augment: Augment = Augment()
-    # speed: auto = mixed_bfloat16 on a GPU of compute capability >= 8 or a CPU with AMX/AVX512-BF16,
-    # mixed_float16 on older GPUs, float32 elsewhere (common/models.py: resolve_precision)
+    # auto = AQUARIUM_PRECISION when set, else mixed_bfloat16 on a GPU of compute capability >= 8, mixed_float16
+    # on older GPUs, float32 on every CPU: the same results on any CPU (common/models.py: resolve_precision)
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
     jit_compile: bool = False  # XLA: slower on CPU for these models (bench/RESULTS.md)
     # cnn
@@ -121,9 +123,16 @@ class Variant(Strict):
     global_pool: bool = False  # GlobalAveragePooling2D instead of Flatten before the head
     dropout: float = Field(0.3, ge=0, lt=1)
     dense_units: int = Field(128, ge=0)
+    optimizer: Literal["rmsprop", "adam"] = "rmsprop"  # the seed's RMSprop; Adam for fine-tunes
     # finetune
-    weights: str = "imagenet"  # imagenet | none | a .weights.h5 path | s3://bucket/key
+    backbone: Literal["large", "small"] = "large"  # MobileNetV3Large or MobileNetV3Small
+    weights: str = "imagenet"  # imagenet (Keras' download, or AQUARIUM_WEIGHTS) | none | a .weights.h5 path | s3://
     trainable_layers: Annotated[int, Field(ge=0)] | Literal["all"] = 20  # last N backbone layers, or all of them
+    # the Keras transfer-learning recipe: first `head_epochs` with the whole backbone frozen (only the new head
+    # learns, at learning_rate), then the last `trainable_layers` unfrozen at `finetune_learning_rate`
+    # (default: learning_rate); 0 = one phase, trainable_layers unfrozen from the start
+    head_epochs: int = Field(0, ge=0)
+    finetune_learning_rate: float | None = Field(None, gt=0)
     resources: Resources = Resources()
 
     @field_validator("filters", mode="before")
@@ -137,6 +146,9 @@ class Variant(Strict):
             self.filters = self.filters * self.conv_layers
         if len(self.filters) != self.conv_layers:
             raise ValueError(f"filters has {len(self.filters)} entries but conv_layers is {self.conv_layers}")
+        if self.head_epochs >= self.epochs:
+            raise ValueError(f"head_epochs {self.head_epochs} leaves no fine-tuning epoch of the {self.epochs}: "
+                             f"make it smaller than epochs")
         pools = -(-self.conv_layers // self.convs_per_block)
         if self.image_size // self.pool_size ** pools < 1 and self.kind == "cnn":
             raise ValueError(f"{pools} pooling layers of size {self.pool_size} shrink {self.image_size} px to nothing")
@@ -158,11 +170,42 @@ class Variant(Strict):
         return "train-variant" if self.kind == "cnn" else "finetune-variant"
 
 
+FORMATS = ("auto", "tfcsv", "coco", "yolo", "folders")  # export formats `prepare` reads (common/data/formats.py)
+
+
+def class_name_problem(name) -> str | None:
+    """Why a class name cannot be used (it becomes a store folder and a CSV column), or None."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        return f"class name {name!r} is empty or has surrounding spaces"
+    if "/" in name or "\\" in name or name in (".", ".."):
+        return f"class name {name!r} cannot be a folder name (no '/', '\\', '.' or '..')"
+    return None
+
+
 class Dataset(Strict):
     source: str  # local zip, file://, http(s)://, s3://bucket/key, Google Drive link or id
     sha256: str | None = None
     synthesize: bool = False
     prefix: str = "data"  # where `prepare` writes under the store
+    # the class names in label order (also the tie order of the dominant-class rule and the report's order);
+    # None: the sorted class names found in the training split
+    classes: list[str] | None = None
+    format: Literal[FORMATS] = "auto"  # auto: detected from the zip's content
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v):
+        if v is None:
+            return v
+        for name in v:
+            if problem := class_name_problem(name):
+                raise ValueError(problem)
+        dupes = sorted({c for c in v if v.count(c) > 1})
+        if dupes:
+            raise ValueError(f"class {dupes[0]!r} is listed twice: list each class once")
+        if len(v) < 2:
+            raise ValueError("a classifier needs at least two classes: list two or more, or leave classes out")
+        return v
 
 
 class Kubernetes(Strict):
@@ -369,8 +412,8 @@ def only_given(**options) -> dict:
 
 def resolve(sweep: Sweep, *, store: str | None = None, endpoint: str | None = None, source: str | None = None,
             sha256: str | None = None, synthesize: bool | None = None, prefix: str | None = None,
-            image: str | None = None, namespace: str | None = None, poll_seconds: int | None = None,
-            pull_timeout: int | None = None) -> Sweep:
+            format: str | None = None, image: str | None = None, namespace: str | None = None,
+            poll_seconds: int | None = None, pull_timeout: int | None = None) -> Sweep:
     """The sweep with the command line's overrides applied (None: not given) and the S3 endpoint decided
     (`store.s3_endpoint`), validated again -- pydantic's model_copy(update=...) would skip validation.
 
@@ -378,7 +421,8 @@ def resolve(sweep: Sweep, *, store: str | None = None, endpoint: str | None = No
     `sweep.endpoint`, `sweep.dataset.*` and `sweep.kubernetes.image/namespace` only."""
     data = sweep.model_dump()
     data.update(only_given(store=store), endpoint=s3_endpoint(endpoint, sweep.endpoint))
-    data["dataset"].update(only_given(source=source, sha256=sha256, synthesize=synthesize, prefix=prefix))
+    data["dataset"].update(only_given(source=source, sha256=sha256, synthesize=synthesize, prefix=prefix,
+                                      format=format))
     data["kubernetes"].update(only_given(image=image, namespace=namespace, poll_seconds=poll_seconds,
                                          pull_timeout_seconds=pull_timeout))
     try:

@@ -33,12 +33,12 @@ MACRO = ("precision", "recall", "specificity", "f1")
 # leaderboard.csv column -> heading people read (terminal, HTML, Markdown)
 HEADINGS = {
     "rank": "#", "variant": "variant", "kind": "kind", "layers": "layers", "lr_factor": "LR factor",
-    "lr_patience": "LR patience", "best_epoch": "best epoch", "val_accuracy": "val acc",
+    "lr_patience": "LR patience", "compute": "compute", "best_epoch": "best epoch", "val_accuracy": "val acc",
     "robustness": "robustness", "robustness_trimmed": "robustness (trimmed)",
     "test_accuracy": "test acc", "test_precision": "precision", "test_recall": "recall (sensitivity)",
     "test_specificity": "specificity", "test_f1": "F1", "state": "state", "error": "error",
 }
-TEXT_COLUMNS = ("variant", "kind", "layers", "state", "error")  # left-aligned in the terminal; numbers go right
+TEXT_COLUMNS = ("variant", "kind", "layers", "compute", "state", "error")  # left-aligned in the terminal; numbers go right
 ROBUSTNESS = ("Robustness: how often the model keeps its answer on a validation photo when the photo comes "
               "letterboxed, framed, cropped, mirrored, half-size or re-encoded (mean agreement over those "
               "copies; predict's border trimming off, so the model itself; \"trimmed\": with it on).")
@@ -228,7 +228,9 @@ def choose_best(results: list[VariantResult]) -> VariantResult:
 
 
 def layers_label(v: Variant) -> str:
-    return str(v.conv_layers) if v.kind == "cnn" else f"MobileNetV3L/{v.trainable_layers} trainable"
+    if v.kind == "cnn":
+        return str(v.conv_layers)
+    return f"MobileNetV3{v.backbone[0].upper()}/{v.trainable_layers} trainable"
 
 
 def leaderboard(results: list[VariantResult], robust: dict | None = None) -> pd.DataFrame:
@@ -243,7 +245,8 @@ def leaderboard(results: list[VariantResult], robust: dict | None = None) -> pd.
         rows.append({
             "rank": rank if r.finished else None, "variant": r.name, "kind": r.kind, "layers": r.layers,
             "lr_factor": r.variant.lr_factor if r.variant else None,
-            "lr_patience": r.variant.lr_patience if r.variant else None, "best_epoch": best_epoch,
+            "lr_patience": r.variant.lr_patience if r.variant else None,
+            "compute": r.metrics.get("precision"), "best_epoch": best_epoch,
             "val_accuracy": r.val_accuracy, "val_loss": r.val_loss, "test_accuracy": r.test_accuracy,
             **{f"test_{k}": _num(macro.get(k)) for k in MACRO},
             "state": r.state, "error": r.error,
@@ -455,6 +458,25 @@ def html_table(board: pd.DataFrame, best: str) -> str:
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
+CLASS_METRICS = ("precision", "recall", "specificity", "f1", "support")
+
+
+def class_rows(results: list[VariantResult], name: str) -> list[dict]:
+    """The named variant's test metrics per class, in label order: the dataset's own class names."""
+    r = next((r for r in results if r.name == name), None)
+    per_class = r.split("test").get("per_class") or {} if r else {}
+    return [{"class": c, **{k: (str(per_class[c][k]) if k == "support" else f"{_num(per_class[c].get(k)):.3f}")
+                            for k in CLASS_METRICS}} for c in (r.classes if r else []) if c in per_class]
+
+
+def class_table_html(rows: list[dict]) -> str:
+    head = "".join(f"<th>{k}</th>" for k in ("class", *CLASS_METRICS))
+    body = "".join("<tr>" + "".join(f'<td class="{k}">{html.escape(row[k])}</td>' for k in row) + "</tr>"
+                   for row in rows)
+    return (f'<div class="scroll"><table id="per-class"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            "</table></div>") if rows else ""
+
+
 def robustness_html(summary: dict) -> str:
     """The robustness section: the best model's line and its per-copy table (or why nothing was measured)."""
     esc = html.escape
@@ -515,7 +537,8 @@ def render_html(summary: dict, board: pd.DataFrame, results: list[VariantResult]
         f"{esc(str(summary['dataset_fingerprint']))}</p></header><main>",
         f"<section><h2>Best model</h2><div class='cards'>{cards}</div>"
         f"<p class='note'>Chosen by {esc(CHOSEN_BY)}. Copied to <code>{esc(summary['best_prefix'])}/</code>.</p>",
-        _img("best_per_class.png", images, f"per-class metrics of {best['variant']}"), "</section>",
+        _img("best_per_class.png", images, f"per-class metrics of {best['variant']}"),
+        class_table_html(class_rows(results, best["variant"])), "</section>",
         f"<section><h2>Leaderboard</h2>{html_table(board, best['variant'])}"
         "<p class='note'>Precision, recall, specificity and F1 are macro averages on the test split; "
         "ranking uses validation only.</p>",
@@ -540,10 +563,15 @@ def render_markdown(summary: dict, board: pd.DataFrame, results: list[VariantRes
     lines = [f"# Aquarium sweep `{summary['sweep']}`", "",
              f"{summary['finished']} of {summary['variants']} variants finished; generated {summary['generated_at']}.",
              "", f"**Best: {best['variant']}** -- validation accuracy {best['val_accuracy']:.3f}, "
-             f"test accuracy {best['test_accuracy']:.3f}. Chosen by {CHOSEN_BY}.", "",
-             "## Leaderboard", "", markdown_table(board), "",
-             "Precision, recall, specificity and F1: macro averages on the test split.", "",
-             "## Robustness to the frame", "", robustness_text(summary), ""]
+             f"test accuracy {best['test_accuracy']:.3f}. Chosen by {CHOSEN_BY}.", ""]
+    classes = class_rows(results, best["variant"])
+    if classes:
+        lines += ["Per class, on the test split:", "", "| " + " | ".join(("class", *CLASS_METRICS)) + " |",
+                  "|" + "---|" * (1 + len(CLASS_METRICS))]
+        lines += ["| " + " | ".join(row.values()) + " |" for row in classes] + [""]
+    lines += ["## Leaderboard", "", markdown_table(board), "",
+              "Precision, recall, specificity and F1: macro averages on the test split.", "",
+              "## Robustness to the frame", "", robustness_text(summary), ""]
     rows = copy_rows((summary["robustness"].get("variants") or {}).get(best["variant"]) or {})
     if rows:
         lines += ["| " + " | ".join(COPY_HEADINGS.values()) + " |", "|" + "---|" * len(COPY_HEADINGS)]
@@ -568,7 +596,8 @@ def best_card(sweep: Sweep, best: VariantResult) -> dict:
         "sweep": sweep.name, "variant": best.name, "kind": best.kind,
         "config_hash": best.config_hash, "config": best.card_config,
         "dataset_fingerprint": best.config.get("dataset_fingerprint"), "classes": best.classes,
-        "image_size": best.image_size, "metrics": best.metrics, "chosen_by": CHOSEN_BY,
+        "image_size": best.image_size, "precision": best.metrics.get("precision"),
+        "device_kind": best.metrics.get("device_kind"), "metrics": best.metrics, "chosen_by": CHOSEN_BY,
         "source": best.prefix + "/model.keras",
         "input": "float32 images 0..255 [S,S,3] from common.pipeline.decode_pad_resize (one input per size for an "
                  "ensemble); output softmax",

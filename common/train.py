@@ -16,6 +16,7 @@ import contextlib
 import csv
 import io
 import logging
+import os
 import platform
 import shutil
 import signal
@@ -36,7 +37,8 @@ from common.config import Sweep, Variant
 from common.data import SPLITS
 from common.errors import AquariumError, BadInput, Interrupted, TransientError
 from common.metrics import evaluation
-from common.models import build_cnn, build_finetune, compile_model, inference_model
+from common.models import (IMAGENET_FILES, IMAGENET_URL, backbone_model, build_cnn, build_finetune,
+                           compile_model, device_kind, inference_model, resolve_precision)
 from common.pipeline import batches_per_epoch, input_pipeline
 from common.status import is_current, marker, stale_reason
 from common.store import Store, fetch_object, join
@@ -225,7 +227,9 @@ class StoreCheckpoint(keras.callbacks.Callback):
             self.best_checkpoint = name
         state = {
             **self.marker,
+            "precision": self.model.net.dtype_policy.name,  # a resume in another precision is refused (load_checkpoint)
             "epoch": epoch + 1,
+            "steps": int(self.model.optimizer.iterations),  # a new phase's optimizer counts on from here
             "checkpoint": name,
             "best_checkpoint": self.best_checkpoint,  # its weights are EarlyStopping's best_weights
             "history": list(self.history),
@@ -287,12 +291,13 @@ def history_csv(rows: list[dict]) -> str:
 
 
 def resolve_weights(store: Store, variant: Variant, workdir: Path) -> str | None:
-    """'imagenet' (Keras downloads it), 'none', a local file, or an s3:// key staged once per cluster."""
+    """'imagenet' (Keras downloads it, or the file in AQUARIUM_WEIGHTS), 'none', a local file, or an s3:// key
+    staged once per cluster."""
     w = variant.weights
     if w.lower() == "none":
         return None
     if w == "imagenet":
-        return "imagenet"
+        return imagenet_weights(store, variant, workdir)
     if w.startswith("s3://"):
         try:  # from the S3 service of the sweep's store (sweep.endpoint)
             return str(fetch_object(w, workdir, store.endpoint))
@@ -304,45 +309,101 @@ def resolve_weights(store: Store, variant: Variant, workdir: Path) -> str | None
     return str(path)
 
 
+def imagenet_weights(store: Store, variant: Variant, workdir: Path) -> str:
+    """`weights: imagenet` with no network: AQUARIUM_WEIGHTS names a folder or an s3:// prefix holding the no-top
+    file under Keras' own name (or, for the small backbone, the shared file's name). Unset: Keras downloads it."""
+    where = os.environ.get("AQUARIUM_WEIGHTS", "").strip()
+    if not where:
+        return "imagenet"
+    names = IMAGENET_FILES[variant.backbone]
+    for name in names:
+        if where.startswith("s3://"):
+            try:  # from the S3 service of the sweep's store, like the dataset and the store itself
+                return str(fetch_object(join(where, name), workdir, store.endpoint))
+            except KeyError:
+                continue
+        path = Path(where.removeprefix("file://")).expanduser() / name
+        if path.is_file():
+            return str(path)
+    raise BadInput(f"variant {variant.name}: no {names[0]} in AQUARIUM_WEIGHTS={where}: put it there (Keras fetches "
+                   f"it from {IMAGENET_URL}{names[0]}), or unset AQUARIUM_WEIGHTS to download it")
+
+
 def check_trainable_layers(variant: Variant) -> None:
     """`trainable_layers` larger than the backbone would silently train every layer: refuse it before any
     training, counting the layers of the very backbone `build_finetune` makes (built without weights: ~1 s).
     `all` says "every layer" on purpose."""
     if variant.kind != "finetune" or variant.trainable_layers == "all":
         return
-    size = variant.image_size
-    total = len(keras.applications.MobileNetV3Large(input_shape=(size, size, 3), include_top=False, weights=None,
-                                                    pooling="avg", include_preprocessing=True).layers)
+    total, name = len(backbone_model(variant, None).layers), f"MobileNetV3{variant.backbone.title()}"
     if variant.trainable_layers > total:
         raise BadInput(f"variant {variant.name}: trainable_layers {variant.trainable_layers} is more than the "
-                       f"{total} layers of MobileNetV3Large: give at most {total}, or `all` to train every layer")
+                       f"{total} layers of {name}: give at most {total}, or `all` to train every layer")
 
 
-def build_net(store: Store, variant: Variant, num_classes: int, workdir: Path) -> keras.Model:
-    """The inference model the variant saves: the CNN, or MobileNetV3Large with its staged weights."""
+@dataclass(frozen=True)
+class Phase:
+    """One `fit` of a variant: epochs [start, end), the backbone layers it trains, its learning rate."""
+
+    start: int
+    end: int
+    trainable_layers: int | str
+    learning_rate: float
+
+
+def phases(variant: Variant) -> list[Phase]:
+    """The Keras transfer-learning recipe as fits: with `head_epochs`, first the new head alone on a frozen
+    backbone, then the last `trainable_layers` unfrozen at `finetune_learning_rate`; otherwise one phase."""
+    if variant.kind != "finetune" or not variant.head_epochs:
+        return [Phase(0, variant.epochs, variant.trainable_layers, variant.learning_rate)]
+    return [Phase(0, variant.head_epochs, 0, variant.learning_rate),
+            Phase(variant.head_epochs, variant.epochs, variant.trainable_layers,
+                  variant.finetune_learning_rate or variant.learning_rate)]
+
+
+def phase_at(variant: Variant, epoch: int) -> Phase:
+    """The phase that trains the next epoch after `epoch` finished ones."""
+    return next((p for p in phases(variant) if epoch < p.end), phases(variant)[-1])
+
+
+def build_net(store: Store, variant: Variant, num_classes: int, workdir: Path,
+              phase: Phase | None = None) -> keras.Model:
+    """The inference model the variant saves: the CNN, or MobileNetV3 with its staged weights and the phase's
+    trainable layers (default: the first phase's)."""
+    phase = phase or phases(variant)[0]
     if variant.kind == "cnn":
         return build_cnn(variant, num_classes)
     weights = resolve_weights(store, variant, workdir)
+    log.info("%s: MobileNetV3%s, weights %s, %s backbone layers trainable", variant.name, variant.backbone.title(),
+             "ImageNet (" + (Path(weights).name if weights != "imagenet" else "Keras' download") + ")"
+             if variant.weights == "imagenet" else weights or "none (random)", phase.trainable_layers)
     try:
-        return build_finetune(variant, num_classes, weights)
+        return build_finetune(variant, num_classes, weights, phase.trainable_layers)
+    except ValueError as e:  # a weights file of another backbone or format
+        raise BadInput(f"variant {variant.name}: weights {weights} do not fit MobileNetV3{variant.backbone.title()}"
+                       f" ({' '.join(str(e).split())[:120]}): check `backbone` and the file") from None
     except Exception as e:  # keras.utils.get_file raises a bare Exception when the download fails
         if weights == "imagenet" and "URL fetch failure" in str(e):
             raise TransientError(
-                f"variant {variant.name}: cannot download the ImageNet weights ({' '.join(str(e).split())}); on an air-gapped"
-                f" cluster upload the no-top weights file to the store once and set weights: s3://BUCKET/KEY"
+                f"variant {variant.name}: cannot download the ImageNet weights ({' '.join(str(e).split())}); without"
+                f" network set AQUARIUM_WEIGHTS to a folder or s3:// prefix holding the no-top weights file"
             ) from None
         raise
 
 
-def build_model(store: Store, variant: Variant, num_classes: int, workdir: Path) -> AugmentingTrainer:
+def build_model(store: Store, variant: Variant, num_classes: int, workdir: Path,
+                phase: Phase | None = None) -> AugmentingTrainer:
     """The compiled trainer around the net: augmentation and mixup run inside its training step."""
-    net = build_net(store, variant, num_classes, workdir)
-    log.info("%s: precision %s, jit_compile %s", variant.name, net.dtype_policy.name, variant.jit_compile)
-    return compile_model(AugmentingTrainer(net, variant, num_classes), variant)
+    phase = phase or phases(variant)[0]
+    net = build_net(store, variant, num_classes, workdir, phase)
+    log.info("%s: precision %s on %s, jit_compile %s", variant.name, net.dtype_policy.name, device_kind(),
+             variant.jit_compile)
+    return compile_model(AugmentingTrainer(net, variant, num_classes), variant, phase.learning_rate)
 
 
 def load_checkpoint(store: Store, prefix: str, variant: Variant, num_classes: int, workdir: Path):
-    """(model, state) of the last finished epoch -- weights and optimizer state -- or (None, None)."""
+    """(model, state) of the last finished epoch -- weights and optimizer state -- or (None, None). At a phase
+    change (`phases`) the model is the next phase's, with a new optimizer whose step counter counts on."""
     ckpt = join(prefix, "checkpoint")
     try:
         state = store.get_json(join(ckpt, "state.json"))
@@ -351,16 +412,32 @@ def load_checkpoint(store: Store, prefix: str, variant: Variant, num_classes: in
     if not is_current(state, variant):
         log.info("checkpoint not resumed, starting afresh: %s", stale_reason(state, variant))
         return None, None
+    phase = phase_at(variant, state["epoch"])
+    model = build_model(store, variant, num_classes, workdir, phase)
+    check_same_precision(state, model, variant)
     for name in {state["checkpoint"], state.get("best_checkpoint")} - {None}:
         store.download(join(ckpt, name), workdir / name)
-    model = build_model(store, variant, num_classes, workdir)
     model.optimizer.build(model.trainable_variables)
     arrays = load_arrays(workdir / state["checkpoint"])
     n = len(model.weights)
     model.set_weights(arrays[:n])
-    for variable, value in zip(model.optimizer.variables, arrays[n:], strict=True):
-        variable.assign(value)
+    if phase.start < state["epoch"]:  # the checkpoint's optimizer is this phase's own
+        for variable, value in zip(model.optimizer.variables, arrays[n:], strict=True):
+            variable.assign(value)
+    else:  # a phase begins here: its new optimizer counts steps on (augmentation draws are keyed to the step)
+        model.optimizer.iterations.assign(state["steps"])
     return model, state
+
+
+def check_same_precision(state: dict, model: keras.Model, variant: Variant) -> None:
+    """A checkpoint continues only in the precision it was trained in: resuming a bfloat16 run in float32 (or
+    back) would silently give a history no uninterrupted run has. `auto` resolves per machine, so a pod
+    rescheduled onto another kind of device meets this; AQUARIUM_PRECISION says which one to continue in."""
+    saved, now_ = state.get("precision"), model.net.dtype_policy.name
+    if saved and saved != now_:
+        raise BadInput(f"variant {variant.name}: its checkpoint (epoch {state['epoch']}) was trained in {saved}, "
+                       f"this machine computes {variant.precision!r} as {now_}: set AQUARIUM_PRECISION={saved} to "
+                       f"resume it, or rerun with --force to start afresh")
 
 
 def evaluate(model: keras.Model, data: Data, variant: Variant) -> tuple[dict, str]:
@@ -438,18 +515,28 @@ def _run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool, held
         # Model: the last checkpoint's, or a new one
         model, state = load_checkpoint(store, prefix, variant, len(data.classes), workdir)
         if model is None:
-            model, state = build_model(store, variant, len(data.classes), workdir), None
+            model = build_model(store, variant, len(data.classes), workdir)
         else:
             log.info("%s: resuming after epoch %d", variant.name, state["epoch"])
-        # Train: EarlyStopping, ReduceLROnPlateau and the store checkpoint (last) after every epoch
-        early_stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=variant.early_stopping_patience,
-                                                   restore_best_weights=True)
-        reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=variant.lr_factor,
-                                                      patience=variant.lr_patience, min_lr=variant.min_lr)
-        checkpoint = reporter.checkpoint = StoreCheckpoint(reporter, early_stop, reduce_lr, state)
         started = time.perf_counter()
-        fit(model, data, variant, [early_stop, reduce_lr, checkpoint], initial_epoch=state["epoch"] if state else 0)
-        checkpoint.flush()
+        while True:
+            # Train this phase: EarlyStopping (from the last phase on), ReduceLROnPlateau and the store checkpoint
+            # (last) after every epoch
+            first, phase = state["epoch"] if state else 0, phase_at(variant, state["epoch"] if state else 0)
+            early_stop = keras.callbacks.EarlyStopping(
+                monitor="val_accuracy", patience=variant.early_stopping_patience, restore_best_weights=True,
+                start_from_epoch=phases(variant)[-1].start)
+            reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=variant.lr_factor,
+                                                          patience=variant.lr_patience, min_lr=variant.min_lr)
+            checkpoint = reporter.checkpoint = StoreCheckpoint(reporter, early_stop, reduce_lr, state)
+            fit(model, data, variant, [early_stop, reduce_lr, checkpoint], initial_epoch=first, epochs=phase.end)
+            checkpoint.flush()
+            if phase.end >= variant.epochs:
+                break
+            # The next phase starts exactly as a resumed run would: from the checkpoint just written
+            model, state = load_checkpoint(store, prefix, variant, len(data.classes), workdir)
+            log.info("%s: phase of epochs %d-%d done; next: %s backbone layers trainable", variant.name,
+                     phase.start + 1, phase.end, phase_at(variant, state["epoch"]).trainable_layers)
         fit_seconds = time.perf_counter() - started
         # Evaluate on val and test with the best epoch's weights
         reporter.update(phase="evaluating")
@@ -458,19 +545,26 @@ def _run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool, held
         history = checkpoint.history
         best_epoch = int(early_stop.best_epoch) + 1 if early_stop.best is not None else len(history)
         metrics.update(best_epoch=best_epoch, epochs_run=len(history), config_hash=variant.config_hash,
-                       dataset_fingerprint=data.fingerprint, fit_seconds=fit_seconds, bytes_read=data.bytes_read)
+                       dataset_fingerprint=data.fingerprint, fit_seconds=fit_seconds, bytes_read=data.bytes_read,
+                       **compute(variant))
         # Publish: model, predictions, metrics, status, job.log -- and `_SUCCESS` last
         publish(reporter, net, predictions, metrics)
         return metrics
 
 
 def write_config(store: Store, sweep: Sweep, variant: Variant, data: Data) -> None:
-    """config.json: the resolved variant, its hash, the data it trains on and where (versions, devices)."""
+    """config.json: the resolved variant, its hash, the data it trains on and where (versions, devices, and the
+    precision `auto` resolved to on this device: part of what the result is)."""
     store.put_json(join(sweep.variant_prefix(variant.name), "config.json"), {
         "sweep": sweep.name, "variant": variant.model_dump(), "config_hash": variant.config_hash,
         "job": variant.job, "dataset_fingerprint": data.fingerprint, "versions": package_versions(),
-        "devices": [d.name for d in tf.config.list_logical_devices()],
+        "devices": [d.name for d in tf.config.list_logical_devices()], **compute(variant),
     })
+
+
+def compute(variant: Variant) -> dict:
+    """The precision a variant computes in and the device kind that decided it (config.json, metrics.json)."""
+    return {"precision": resolve_precision(variant.precision), "device_kind": device_kind()}
 
 
 def publish(reporter: Reporter, net: keras.Model, predictions: str, metrics: dict) -> None:

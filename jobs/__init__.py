@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.machinery
 import os
+import re
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep job logs readable: errors only from TF
 
@@ -12,6 +16,58 @@ import click
 
 from common.errors import EXIT_TRANSIENT, AquariumError, from_os_error
 
+
+# What TensorFlow's native libraries print while they load, before TF_CPP_MIN_LOG_LEVEL is read: absl's pre-init
+# notice and the oneDNN / CPU-feature notices (AVX512 and AMX machines print them; AVX2-only ones do not).
+STARTUP_NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} [\d:. ]+\d+ "
+                           r"(port|cpu_feature_guard)\.cc:\d+\]|To enable the following instructions:")
+
+
+@contextlib.contextmanager
+def quiet_native_startup():
+    """Run a block with the native libraries' start-up notices kept off stderr, so an error is one line on every
+    machine; anything else written to stderr meanwhile is passed on. TF_CPP_MIN_LOG_LEVEL=0 shows everything."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
+                if not STARTUP_NOISE.match(line):
+                    sys.stderr.write(line)
+
+
+class QuietTensorFlowImport:
+    """Import hook: TensorFlow loads lazily, deep inside whichever job needs it (never for --help), so its first
+    import -- wherever it happens -- runs inside `quiet_native_startup`. Removes itself after that import."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            load = spec.loader.exec_module
+
+            def exec_module(module):
+                with quiet_native_startup():
+                    load(module)
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+if "tensorflow" not in sys.modules:
+    sys.meta_path.insert(0, QuietTensorFlowImport())
 
 config_option = click.option("--config", "config_path", default="sweep.yaml", show_default=True,
                              type=click.Path(dir_okay=False), help="sweep spec (YAML)")

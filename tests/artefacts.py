@@ -28,11 +28,13 @@ def sweep_spec(names_kinds: list[tuple[str, str]], name: str = "rep"):
 
 
 def tiny_model_bytes(path: Path, size: int = SIZE, seed: int = 0, name: str | None = None) -> bytes:
-    """A real model.keras: Standardize (the project's custom layer) -> conv -> softmax over the 7 classes."""
+    """A real model.keras: Standardize (the project's custom layer) -> conv -> softmax over the 7 classes, in
+    float32 whatever precision the run's last variant set (tests compare its answers to float32 tolerances)."""
     import keras
 
     from common.models import Standardize
 
+    keras.config.set_dtype_policy("float32")
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((size, size, 3), name="image")
     x = Standardize()(inputs)

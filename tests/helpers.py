@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def aquarium(*args, env: dict | None = None, cwd=ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python -m jobs.cli ARGS` as its own process, the way the executor and a pod run a job (TF quiet)."""
-    env = {**(os.environ if env is None else env), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    """`python -m jobs.cli ARGS` as its own process, the way the executor and a pod run a job, with the user's
+    environment (TensorFlow's log level is the CLI's own default, so stderr is what a user sees)."""
+    env = dict(os.environ if env is None else env)
     return subprocess.run([sys.executable, "-m", "jobs.cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

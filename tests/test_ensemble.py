@@ -77,7 +77,7 @@ def test_flip_averaged_model_answers_the_same_for_a_photo_and_its_mirror(tmp_pat
     from common.models import build_cnn, inference_model
     from common.predict import load
 
-    variant = Variant(name="flip", image_size=32, test_time_flip=True)
+    variant = Variant(name="flip", image_size=32, test_time_flip=True, precision="float32")  # 1e-6 tolerances
     net = build_cnn(variant, len(CLASSES))
     model = inference_model(net, variant)
     model.save(tmp_path / "model.keras")
@@ -91,7 +91,7 @@ def test_flip_averaged_model_answers_the_same_for_a_photo_and_its_mirror(tmp_pat
     assert inference_model(net, Variant(name="plain", image_size=32)) is net
 
 
-def test_ensemble_of_the_top_k_is_a_row_and_can_be_the_best_model(store, tmp_path):
+def test_ensemble_of_the_top_k_is_a_row_and_can_be_the_best_model(store, tmp_path, float32):
     """Two members each wrong on a different half of val: their mean is right everywhere and wins on val; the
     third (worst) is not a member. `predict --model best` then runs both members, each at its own size."""
     raw = raw_spec(2, {"small": 32, "large": 40, "weak": 32})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -197,22 +198,39 @@ def test_frame_options_refuse_tensors_without_content_boxes():
         train_boxes(old_store_split, variant(frame=0.5), "the 32px train tensors")
 
 
-def test_mixed_precision_trains_with_float32_softmax_and_auto_follows_the_hardware():
+def test_auto_precision_is_float32_on_every_cpu_unless_the_setting_says_otherwise(monkeypatch):
+    from common.errors import BadInput
+    from common.models import resolve_precision
+
+    monkeypatch.delenv("AQUARIUM_PRECISION", raising=False)
+    if not tf.config.list_physical_devices("GPU"):
+        assert resolve_precision("auto") == "float32"  # AMX, AVX512-BF16 or AVX2: the same results
+    monkeypatch.setenv("AQUARIUM_PRECISION", "mixed_bfloat16")
+    assert resolve_precision("auto") == "mixed_bfloat16" and resolve_precision("float32") == "float32"
+    monkeypatch.setenv("AQUARIUM_PRECISION", "bf16")
+    with pytest.raises(BadInput, match="AQUARIUM_PRECISION='bf16' is not a precision"):
+        resolve_precision("auto")
+
+
+def test_mixed_precision_trains_with_float32_softmax():
+    """bfloat16 itself, where the machine computes it natively (a GPU, or a CPU with AMX / AVX512-BF16); on
+    another CPU the same training step runs as float32, and the test says so."""
     import keras
 
     from common.augment import AugmentingTrainer
-    from common.models import build_cnn, compile_model, cpu_has_bf16, resolve_precision
+    from common.models import build_cnn, compile_model, cpu_has_bf16
 
-    if not tf.config.list_physical_devices("GPU"):
-        assert resolve_precision("auto") == ("mixed_bfloat16" if cpu_has_bf16() else "float32")
-    assert resolve_precision("mixed_float16") == "mixed_float16"
+    native = cpu_has_bf16() or bool(tf.config.list_physical_devices("GPU"))
+    precision = "mixed_bfloat16" if native else "float32"
+    if not native:
+        warnings.warn("this CPU has no bfloat16 instructions: the mixed-precision test ran as float32")
     v = variant(epochs=1, flip=True).model_copy(update={"filters": [4, 4, 4], "dense_units": 4,
-                                                         "precision": "mixed_bfloat16"})
+                                                         "precision": precision})
     x, y = np.random.default_rng(5).integers(0, 255, (8, 32, 32, 3)).astype(np.uint8), np.arange(8) % 7
     try:
         trainer = compile_model(AugmentingTrainer(build_cnn(v, 7), v, 7), v)
         trainer.fit(input_pipeline(x, y, v, True), steps_per_epoch=1, verbose=0)
-        assert trainer.net.get_layer("conv1").compute_dtype == "bfloat16"
+        assert trainer.net.get_layer("conv1").compute_dtype == ("bfloat16" if native else "float32")
         assert trainer.net.get_layer("standardize").compute_dtype == "float32"
         probs = trainer.predict(x, verbose=0)
         assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)

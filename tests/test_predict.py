@@ -307,7 +307,7 @@ def brightness_model(size: int):
     return keras.Model(inputs, outputs)
 
 
-def test_robustness_measures_agreement_and_accuracy_per_copy(model_dir):
+def test_robustness_measures_agreement_and_accuracy_per_copy(model_dir, float32):
     import keras
 
     import common.models  # noqa: F401

@@ -145,8 +145,8 @@ def test_rerun_skips_finished_variant_and_force_retrains(prepared, tmp_path):
     assert store.get_json(f"{prefix}/_SUCCESS")["config_hash"] == load_sweep(changed).variant("cnn-b").config_hash
 
 
-def _start(config, variant, uri, env):
-    return subprocess.Popen([sys.executable, "-m", "jobs.cli", "train-variant", "--config", str(config),
+def _start(config, variant, uri, env, job="train-variant"):
+    return subprocess.Popen([sys.executable, "-m", "jobs.cli", job, "--config", str(config),
                              "--variant", variant, "--store", uri], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
