@@ -18,8 +18,9 @@ from datetime import datetime, timezone
 from common.config import Sweep, Variant
 from common.store import Store, join
 
-TRAINING_REVISION = 3  # 2: augmentation, mixup and dropout inside the training step (issue 14); 3: frame fills
-# weighted to flat colours, borders on the photo's edges (issue 13)
+TRAINING_REVISION = 4  # 2: augmentation, mixup and dropout inside the training step (issue 14); 3: frame fills
+# weighted to flat colours, borders on the photo's edges (issue 13); 4: fine-tunes keep BatchNorm frozen, and
+# `precision: auto` is float32 on CPUs with AMX / AVX512-BF16 too (issues 19, 24)
 """Bump by one whenever a change to the code or to a default changes what an existing config trains to (a new
 default value, another augmentation, loss, optimizer or evaluation). Every `_SUCCESS` and checkpoint of an
 older revision then reads as stale, and a rerun trains those variants afresh instead of skipping them.
