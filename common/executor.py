@@ -95,16 +95,25 @@ def local_argv(argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "jobs.cli", *argv]
 
 
+# the project's own settings a job reads from its environment: ImageNet weights without a download, what
+# `precision: auto` means (README: *Pretrained weights without a download*, *Precision*)
+PASSED_SETTINGS = ("AQUARIUM_WEIGHTS", "AQUARIUM_PRECISION")
+
+
 def docker_argv(image: str, argv: list[str], store_uri: str, config_path: str, source: str | None = None,
                 env: dict[str, str] | None = None, gpu: str | None = None,
                 extra_env: dict[str, str] | None = None) -> list[str]:
-    """`docker run` of one job. AWS_* variables are passed by name (values never appear in `ps`); a file://
+    """`docker run` of one job. AWS_* variables and the PASSED_SETTINGS are passed by name (values never appear in
+    `ps`); a local AQUARIUM_WEIGHTS folder is mounted read-only at its own path; a file://
     store, the config and a local source zip are mounted at the same absolute paths the argv names, and the
     container runs as the calling user so files it writes into a local store stay the user's."""
     env = os.environ if env is None else env
     cmd = ["docker", "run", "--rm", "--network", "host"]
-    for name in sorted(k for k in env if k.startswith("AWS_")):
+    for name in sorted(k for k in env if k.startswith("AWS_") or k in PASSED_SETTINGS):
         cmd += ["-e", name]
+    weights = env.get("AQUARIUM_WEIGHTS", "")
+    if weights and not weights.startswith("s3://") and Path(weights).is_dir():  # a local folder: the same path inside
+        cmd += ["-v", f"{Path(weights).resolve()}:{Path(weights).resolve()}:ro"]
     for name, value in sorted((extra_env or {}).items()):
         cmd += ["-e", f"{name}={value}"]
     if gpu is not None:

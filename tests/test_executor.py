@@ -40,6 +40,17 @@ def test_docker_argv_passes_aws_by_name_and_mounts_local_paths(tmp_path):
     assert opts[opts.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
 
 
+def test_docker_argv_passes_the_weights_and_precision_settings_and_mounts_a_weights_folder(tmp_path):
+    argv = ["finetune-variant", "--config", "/c.yaml", "--variant", "m", "--store", "s3://b/p"]
+    env = {"AQUARIUM_WEIGHTS": str(tmp_path), "AQUARIUM_PRECISION": "float32", "AQUARIUM_OTHER": "x"}
+    cmd = docker_argv("img", argv, "s3://b/p", "/c.yaml", env=env)
+    assert cmd == ["docker", "run", "--rm", "--network", "host", "-e", "AQUARIUM_PRECISION", "-e", "AQUARIUM_WEIGHTS",
+                   "-v", f"{tmp_path}:{tmp_path}:ro", "-v", "/c.yaml:/c.yaml:ro", "img", *argv]
+    staged = docker_argv("img", argv, "s3://b/p", "/c.yaml", env={"AQUARIUM_WEIGHTS": "s3://b/weights/"})
+    assert staged == ["docker", "run", "--rm", "--network", "host", "-e", "AQUARIUM_WEIGHTS",
+                      "-v", "/c.yaml:/c.yaml:ro", "img", *argv]
+
+
 def test_docker_argv_for_s3_mounts_only_the_config():
     argv = ["aggregate", "--config", "/c.yaml", "--store", "s3://b/p"]
     cmd = docker_argv("img", argv, "s3://b/p", "/c.yaml", env={}, gpu="1")

@@ -35,8 +35,8 @@ SRC = "https://example.org/aquarium.zip"
 def no_endpoint_from_the_environment(monkeypatch):
     """The rendered manifests follow `--endpoint` > AWS_ENDPOINT_URL > the spec: these tests pin the spec's case,
     whatever the developer's shell (or an earlier test) has set."""
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AQUARIUM_WEIGHTS", "AQUARIUM_PRECISION"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def spec(name: str) -> tuple:
@@ -382,6 +382,23 @@ def test_plan_refuses_a_file_store_with_a_clear_one_line_error():
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
     assert "file://./store" in errors[0] and "s3://BUCKET/PREFIX" in errors[0] and "store" in errors[0]
+
+
+def test_pods_get_the_submitters_weights_and_precision_settings_and_plan_refuses_a_local_weights_folder(
+        monkeypatch, tmp_path):
+    """AQUARIUM_WEIGHTS / AQUARIUM_PRECISION travel to every pod like the S3 endpoint; a local folder cannot."""
+    monkeypatch.setenv("AQUARIUM_WEIGHTS", "s3://aquarium-test/weights/")
+    monkeypatch.setenv("AQUARIUM_PRECISION", "float32")
+    sweep, _, manifests = rendered("smoke.yaml")
+    for job in jobs_of(manifests):
+        env = {e["name"]: e.get("value") for e in container(job)["env"]}
+        assert env["AQUARIUM_WEIGHTS"] == "s3://aquarium-test/weights/" and env["AQUARIUM_PRECISION"] == "float32"
+    assert k8s.plan_problems(sweep, manifests, "smoke.yaml")[0] == []
+    monkeypatch.setenv("AQUARIUM_WEIGHTS", str(tmp_path))
+    errors, _ = k8s.plan_problems(sweep, k8s.render(*rendered("smoke.yaml")[:2]), "smoke.yaml")
+    assert errors == [f"smoke.yaml: AQUARIUM_WEIGHTS={tmp_path} is a local folder: pods cannot read it; upload the "
+                      "weights files once (aws s3 cp FOLDER s3://BUCKET/weights/ --recursive) and set "
+                      "AQUARIUM_WEIGHTS=s3://BUCKET/weights/"]
 
 
 def test_plan_refuses_a_local_dataset_and_bad_quantities():

@@ -19,7 +19,7 @@ import yaml
 
 from common.config import Resources, Sweep, Variant, parse_sweep
 from common.errors import AquariumError, BadInput
-from common.executor import job_argv
+from common.executor import PASSED_SETTINGS, job_argv
 
 CONFIG_DIR = "/etc/aquarium"
 CONFIG_KEY = "sweep.yaml"
@@ -112,13 +112,16 @@ def container_of(job: dict) -> dict:
 # ---------------------------------------------------------------------------------------------- render
 
 def _env(sweep: Sweep, template_env: list[dict], gpu: int) -> list[dict]:
-    """The template's env plus the S3 endpoint, the S3 Secret's keys (never literal values) and, on GPU pods,
-    TF_FORCE_GPU_ALLOW_GROWTH."""
+    """The template's env plus the S3 endpoint, AQUARIUM_WEIGHTS / AQUARIUM_PRECISION when the submitter has them,
+    the S3 Secret's keys (never literal values) and, on GPU pods, TF_FORCE_GPU_ALLOW_GROWTH."""
     env = list(template_env)
     if gpu:
         env.append({"name": "TF_FORCE_GPU_ALLOW_GROWTH", "value": "true"})
     if sweep.endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": sweep.endpoint})
+    for name in PASSED_SETTINGS:  # the submitter's own, as the endpoint: ImageNet weights staged in S3, precision
+        if os.environ.get(name):
+            env.append({"name": name, "value": os.environ[name]})
     if sweep.kubernetes.s3_secret:
         for key, optional in (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False),
                               ("AWS_DEFAULT_REGION", True)):

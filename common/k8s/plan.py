@@ -4,6 +4,7 @@ schemas of the oldest supported and the current Kubernetes. Each problem is one 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -72,6 +73,13 @@ def _check_endpoint(sweep: Sweep, p: Problems) -> None:
                "cannot reach it: use the in-cluster service address, e.g. http://minio.NAMESPACE.svc:9000")
 
 
+def _check_weights(sweep: Sweep, p: Problems) -> None:
+    where = os.environ.get("AQUARIUM_WEIGHTS", "")
+    if where and not is_s3(where) and any(v.kind == "finetune" and v.weights == "imagenet" for v in sweep.variants):
+        p.error(f"AQUARIUM_WEIGHTS={where} is a local folder: pods cannot read it; upload the weights files once "
+                "(aws s3 cp FOLDER s3://BUCKET/weights/ --recursive) and set AQUARIUM_WEIGHTS=s3://BUCKET/weights/")
+
+
 def _check_image(sweep: Sweep, p: Problems) -> None:
     k = sweep.kubernetes
     image = k.image
@@ -137,8 +145,8 @@ def plan_problems(sweep: Sweep, manifests: list[dict], where: str) -> tuple[list
     """(errors, warnings) of running this resolved sweep on a cluster; each a one-line what, where, how to fix.
     `manifests` are render()'s; the driver Job is checked with them."""
     p = Problems(where)
-    for check in (_check_store, _check_source, _check_endpoint, _check_image, _check_variants, _check_resources,
-                  _check_polling):
+    for check in (_check_store, _check_source, _check_endpoint, _check_weights, _check_image, _check_variants,
+                  _check_resources, _check_polling):
         check(sweep, p)
     _check_schema(manifests + [render_driver(sweep, manifests)], p)
     return p.errors, p.warnings
