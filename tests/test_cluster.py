@@ -34,6 +34,7 @@ ENDPOINT = f"http://{NODE_IP}:{S3_PORT}"
 S3_ENV = {"AWS_ENDPOINT_URL": ENDPOINT, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
           "AWS_DEFAULT_REGION": "us-east-1"}
 AQUARIUM = str(Path(sys.executable).parent / "aquarium")
+STAGED: dict[str, str] = {}  # AQUARIUM_WEIGHTS=s3://<bucket>/weights/ once `bucket` has staged the ImageNet file
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(3600)]  # the first test pays for up.sh
@@ -123,6 +124,13 @@ def bucket(cluster_s3, tmp_path_factory):
     s3.create_bucket(Bucket=name)
     zip_path = make_dataset(tmp_path_factory.mktemp("k8sdata") / "aquarium-small.zip")
     s3.upload_file(str(zip_path), name, "datasets/aquarium-small.zip")
+    # the ImageNet file staged once in the cluster's S3, as an air-gapped cluster does; pods read it from there
+    from common.models import IMAGENET_FILES
+
+    shared = Path(os.environ.get("AQUARIUM_WEIGHTS", "")) / IMAGENET_FILES["small"][1]
+    assert shared.is_file(), f"smoke.yaml's mnv3 needs {shared.name}: set AQUARIUM_WEIGHTS to ../shared/weights"
+    s3.upload_file(str(shared), name, f"weights/{shared.name}")
+    STAGED["AQUARIUM_WEIGHTS"] = f"s3://{name}/weights/"
     return name
 
 
@@ -210,7 +218,7 @@ class Run:
 def aquarium(args: list[str], kubeconfig: str, timeout: float = 900) -> Run:
     """Run the CLI as a user would, with KUBECONFIG and the S3 settings in the environment; a run still going
     after `timeout` seconds is ended and reported with code None."""
-    env = {**os.environ, **S3_ENV, "KUBECONFIG": kubeconfig}
+    env = {**os.environ, **S3_ENV, **STAGED, "KUBECONFIG": kubeconfig}
     proc = subprocess.Popen([AQUARIUM, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -293,6 +301,9 @@ def test_smoke_sweep_in_real_pods_with_the_submitter_role_only(smoke, bucket, cl
     for v in sweep.variants:
         done = st.is_complete(sweep.variant_prefix(v.name))
         assert done and done["config_hash"] == v.config_hash, v.name
+    # the fine-tune in its pod started from the ImageNet file staged in S3, not from random weights
+    assert "weights ImageNet (mobilenet_v3_small_imagenet_no_top.weights.h5)" in st.get_text(
+        f"{sweep.variant_prefix('mnv3')}/job.log")
     report = st.get_json(f"sweeps/{sweep.name}/report/report.json")
     assert {row["variant"] for row in report["leaderboard"]} == set(sweep.names), report
     assert st.exists(f"sweeps/{sweep.name}/report/report.html") and st.exists(f"sweeps/{sweep.name}/best/model.keras")

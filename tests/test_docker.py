@@ -174,3 +174,15 @@ def test_prepare_and_one_variant_in_the_container_against_s3(image, s3, tmp_path
     # a second run of the same variant is a no-op: the finished result with this config is found in the store
     again = run(image, job_argv(sweep, variant.job, "smoke.yaml", variant="cnn-a", store=store_uri), env)
     assert again.returncode == 0 and "skipped" in again.stdout
+
+    # the fine-tune from ImageNet weights staged once in S3 (AQUARIUM_WEIGHTS, passed like the AWS settings)
+    from common.models import IMAGENET_FILES
+
+    shared = Path(os.environ.get("AQUARIUM_WEIGHTS", "")) / IMAGENET_FILES["small"][1]
+    assert shared.is_file(), f"smoke.yaml's mnv3 needs {shared.name}: set AQUARIUM_WEIGHTS to ../shared/weights"
+    store.upload(f"weights/{shared.name}", shared)
+    staged = {**env, "AQUARIUM_WEIGHTS": f"{store_uri}/weights/"}
+    tune = run(image, job_argv(sweep, "finetune-variant", "smoke.yaml", variant="mnv3", store=store_uri), staged)
+    assert tune.returncode == 0, tune.stdout[-3000:] + tune.stderr[-3000:]
+    assert "weights ImageNet (mobilenet_v3_small_imagenet_no_top.weights.h5)" in tune.stderr
+    assert store.is_complete(sweep.variant_prefix("mnv3")) is not None
