@@ -11,6 +11,11 @@ EXECUTOR ?= local
 TF_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 AQUARIUM_ZIP ?= $(wildcard ../shared/datasets/aquarium-tfcsv.zip)
 export AQUARIUM_ZIP
+# ImageNet weights for `weights: imagenet` without a network (a folder or s3:// prefix; README)
+AQUARIUM_WEIGHTS ?= $(wildcard ../shared/weights)
+ifneq ($(AQUARIUM_WEIGHTS),)
+export AQUARIUM_WEIGHTS
+endif
 
 .PHONY: install sweep smoke test test-fast test-cluster cluster-up cluster-down bench lock clean
 

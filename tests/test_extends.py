@@ -44,7 +44,8 @@ def test_sweep_yaml_resolves_to_the_snapshot():
     assert any("extends" in v for v in raw["variants"])  # the rows below really go through extends
     sweep = parse_sweep(raw)
     got = {v.name: (v.config_hash, resolved_digest(v)) for v in sweep.variants if v.name in SNAPSHOT}
-    assert got == SNAPSHOT
+    assert {"cnn-a", "cnn-b", "cnn-c", "mnv3-a", "mnv3-b", "mnv3-c"} <= set(got)  # the seed's rows stay
+    assert got == {name: SNAPSHOT[name] for name in got}  # cnn-d/e/g/h left the sweep in issue 19
 
 
 def test_no_cnn_row_of_sweep_yaml_restates_more_than_four_keys_of_another():
