@@ -1,7 +1,8 @@
 """Running a sweep: the same job command lines whether a pod, a `docker run` or a local process runs them.
 
 On one machine (`aquarium sweep run`) every step is a separate process -- prepare, then the variants up to
-`max_parallel` at a time, then aggregate -- and the steps talk only through the store, exactly as pods do.
+`max_parallel` at a time, then aggregate, in the order `common.schedule` answers -- and the steps talk only
+through the store, exactly as pods do. This module only starts, watches and stops the processes.
 A process per variant isolates TensorFlow's memory and lets a crashed variant fail alone. Progress comes from
 the variants' own status.json in the store, so `sweep status` in another terminal shows the same table.
 """
