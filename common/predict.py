@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import CLASSES, Sweep
+from common.config import Sweep
 from common.errors import BadInput
 from common.store import Store, join, open_store
 
@@ -87,8 +87,8 @@ def locate(ref: str, sweep: Sweep | None, store_uri: str | None) -> tuple[Store,
 
 
 def read_classes(store: Store, num_outputs: int) -> list[str]:
-    """Class names in label order, from the model card or metrics.json beside the model; the project's fixed
-    class list only when neither exists and the model has exactly that many outputs."""
+    """Class names in label order, from the model card or metrics.json beside the model (a model trained on
+    another dataset has other classes, so there is no fallback list)."""
     for key in ("model_card.json", "metrics.json"):
         try:
             classes = store.get_json(key).get("classes")
@@ -99,8 +99,6 @@ def read_classes(store: Store, num_outputs: int) -> list[str]:
                 raise BadInput(f"{store.url(key)} lists {len(classes)} classes but the model has {num_outputs} "
                                "outputs: the model and its card do not belong together")
             return list(classes)
-    if num_outputs == len(CLASSES):
-        return list(CLASSES)
     raise BadInput(f"no model_card.json or metrics.json with classes beside the model in {store.uri}: "
                    "copy one next to model.keras")
 

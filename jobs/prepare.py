@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from common.config import FORMATS
 from common.data.source import MAX_ENTRIES
 from jobs import exits_cleanly
 
@@ -35,6 +36,9 @@ def _sizes(ctx, param, value):
               help="tensor sizes in px, e.g. 64,224 [default: the spec's variant sizes, else 64,224]")
 @click.option("--fast-decode/--full-decode", default=True, show_default=True,
               help="decode JPEGs downscaled in the DCT domain before resizing")
+@click.option("--format", "fmt", default=None, type=click.Choice(FORMATS),
+              help="export format: tfcsv, coco, yolo, folders, or auto (detect from the content); overrides "
+                   "dataset.format [auto]")
 @click.option("--prefix", default=None, help="store prefix of the dataset; overrides dataset.prefix [data]")
 @click.option("--force", is_flag=True, help="replace a different dataset already prepared at the prefix")
 @click.option("--max-unpacked-mb", default=2048, show_default=True, type=click.IntRange(1),
@@ -42,12 +46,12 @@ def _sizes(ctx, param, value):
 @click.option("--max-entries", default=MAX_ENTRIES, show_default=True, type=click.IntRange(1),
               help="refuse zips with more entries than this")
 @exits_cleanly
-def command(source, store, config_path, sha256, synthesize, image_sizes, fast_decode, prefix, force,
+def command(source, store, config_path, sha256, synthesize, image_sizes, fast_decode, fmt, prefix, force,
             max_unpacked_mb, max_entries):
-    """Validate the Roboflow zip, label each photo with its dominant class, write tensors to the store."""
+    """Validate the dataset zip, label each photo with its dominant class, write tensors to the store."""
     from common.data.prepare import prepare, summary_text
 
-    given = dict(source=source, sha256=sha256, synthesize=synthesize, prefix=prefix)
+    given = dict(source=source, sha256=sha256, synthesize=synthesize, prefix=prefix, format=fmt)
     opts = _options(config_path, store, given, image_sizes, fast=fast_decode, force=force,
                     max_bytes=max_unpacked_mb << 20, max_entries=max_entries)
     click.echo(summary_text(prepare(opts)))
@@ -55,7 +59,7 @@ def command(source, store, config_path, sha256, synthesize, image_sizes, fast_de
 
 def _options(config_path, store, given: dict, image_sizes, **settings):
     """prepare's options: the resolved spec (`config.resolve` applies --source, --store, --sha256,
-    --synthesize and --prefix), or without a spec the command line alone."""
+    --synthesize, --prefix and --format), or without a spec the command line alone (classes from the data)."""
     from common.config import load_sweep, only_given, resolve
     from common.data.prepare import Options
     from common.errors import BadInput

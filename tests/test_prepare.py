@@ -127,13 +127,13 @@ def test_bad_annotations_fail_with_one_clear_line(case, tmp_path):
 
 def test_more_bad_rows_are_counted_in_the_same_line(tmp_path):
     splits = small_splits()
-    rows = splits["train"][1]
+    rows = splits["valid"][1]  # a class of no training photo: the classes come from the training split
     rows[2][3] = "whale"
     rows[5][3] = "whale"
     result = run("--source", write_zip(tmp_path / "bad.zip", splits), "--store", tmp_path / "s")
     assert result.exit_code == 2
     line = error_line(result)
-    assert "train/_annotations.csv row 3 (line 4): unknown class 'whale'" in line and "1 more bad rows" in line
+    assert "valid/_annotations.csv row 3 (line 4): unknown class 'whale'" in line and "1 more bad rows" in line
 
 
 def test_one_pixel_tolerance_is_accepted(tmp_path):
@@ -287,14 +287,15 @@ def test_tie_breaks(tmp_path):
     """Equal score: more boxes wins; equal score and count: earlier in CLASSES wins, whatever the row order."""
     b = lab.Box
     # shark: one 20x10 box -> 200 x 1 = 200; fish: two 10x5 boxes -> 100 x 2 = 200: fish has more boxes
-    assert lab.dominant([b("shark", 0, 0, 20, 10), b("fish", 0, 0, 10, 5), b("fish", 30, 0, 40, 5)]) == \
+    assert lab.dominant([b("shark", 0, 0, 20, 10), b("fish", 0, 0, 10, 5), b("fish", 30, 0, 40, 5)], CLASSES) == \
         ("fish", 200.0)
     # penguin and jellyfish, identical boxes: jellyfish comes first in CLASSES
     for boxes in ([b("penguin", 0, 0, 10, 10), b("jellyfish", 20, 20, 30, 30)],
                   [b("jellyfish", 20, 20, 30, 30), b("penguin", 0, 0, 10, 10)]):
-        assert lab.dominant(boxes)[0] == "jellyfish"
+        assert lab.dominant(boxes, CLASSES)[0] == "jellyfish"
+        assert lab.dominant(boxes, ("penguin", "jellyfish"))[0] == "penguin"  # the dataset's class order decides
     # Area x count, not area: three small starfish beat one larger stingray.
-    assert lab.dominant([b("stingray", 0, 0, 20, 20)] + [b("starfish", 0, 0, 12, 12)] * 3)[0] == "starfish"
+    assert lab.dominant([b("stingray", 0, 0, 20, 20)] + [b("starfish", 0, 0, 12, 12)] * 3, CLASSES)[0] == "starfish"
     # End to end: a tie written with the later class first in the CSV still goes to the earlier class.
     splits = small_splits()
     images, rows = splits["test"]

@@ -1,12 +1,16 @@
-"""Bounding boxes to one label per photo: validate `_annotations.csv`, pick the dominant class, synthesize.
+"""Bounding boxes to one label per photo: validate the box rows, decide the classes, pick the dominant class.
 
-The classifiers need one class per photo, but the dataset has one row per bounding box. The seed report's rule
-labels a photo with the class that has the largest (sum of its box areas) x (number of its boxes): big animals
-win through area, schools of small fish through count. Ties (rare: equal scores) go to the class with more
-boxes, then to the class that comes first in `common.config.CLASSES`, so labels never depend on row order.
+The classifiers need one class per photo, but a detection export has one row per bounding box. The seed
+report's rule labels a photo with the class that has the largest (sum of its box areas) x (number of its boxes):
+big animals win through area, schools of small ones through count. Ties (rare: equal scores) go to the class
+with more boxes, then to the class that comes first in the dataset's class order, so labels never depend on
+row order. The class order is `dataset.classes` when the spec lists it, else the sorted class names found in
+the training split (`resolve_classes`).
 
-Every row is validated before anything is labelled, because a silently wrong label is worse than a failed job:
-the first problem is reported as one line naming the CSV file and row, with how to fix it.
+Every export format (`common/data/formats.py`) arrives here as the same `Annotations`: box rows in the CSV's
+columns, each with its place in the export. Every row is validated before anything is labelled, because a
+silently wrong label is worse than a failed job: the first problem is reported as one line naming the file and
+row (or JSON entry, or label-file line), with how to fix it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.config import CLASSES
+from common.config import class_name_problem
 from common.errors import BadInput
 
 COLUMNS = ["filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax"]
@@ -32,7 +36,7 @@ TOLERANCE = 1.0  # px a box may stick out of the image: the CSVs were converted 
 RING = 3  # px: width of the ring around a box whose mean colour paints the box away (synthesize)
 SYNTH_PREFIX = "synth-"
 
-_FIX_ROW = "fix or remove the row (one row per box: filename,width,height,class,xmin,ymin,xmax,ymax in pixels)"
+_FIX_ROW = "fix or remove the box (boxes are in the image's pixels, inside the image)"
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class Labelled:
         return self.digest or hashlib.sha256(self.jpeg).hexdigest()
 
 
-def ranking(boxes: list[Box], classes=CLASSES) -> list[tuple[str, float, int]]:
+def ranking(boxes: list[Box], classes) -> list[tuple[str, float, int]]:
     """(class, score, boxes) for every class present, best first: score = sum of areas x box count.
 
     Ties: more boxes first, then the order of `classes`.
@@ -81,7 +85,7 @@ def ranking(boxes: list[Box], classes=CLASSES) -> list[tuple[str, float, int]]:
     return sorted(scored, key=lambda t: (-t[1], -t[2], classes.index(t[0])))
 
 
-def dominant(boxes: list[Box], classes=CLASSES) -> tuple[str, float]:
+def dominant(boxes: list[Box], classes) -> tuple[str, float]:
     """The photo's label and its score (see `ranking`)."""
     cls, score, _ = ranking(boxes, classes)[0]
     return cls, score
@@ -131,43 +135,91 @@ def drop_duplicate_rows(df: pd.DataFrame, where: str, warn=_warn) -> pd.DataFram
     return df[~dupes]
 
 
-def _first_problem(where: str, problems: list[tuple[int, str, str]], df: pd.DataFrame) -> str:
+def _first_problem(ann: "Annotations", problems: list[tuple[int, str, str]], df: pd.DataFrame) -> str:
     """The first bad row as one line; the same image's other rows with the very same problem (an undecodable
     photo's other boxes) are not counted as more bad rows."""
     row, what, fix = problems[0]
     others = sum(1 for i, w, _ in problems[1:] if (df.at[i, "filename"], w) != (df.at[row, "filename"], what))
-    more = f" ({others} more bad rows in this file)" if others else ""
-    return f"{where} row {row + 1} (line {row + 2}): {what}: {fix}{more}"
+    more = f" ({others} more bad rows in {ann.scope})" if others else ""
+    return f"{ann.at[row]}: {what}: {fix}{more}"
 
 
-def read_split(root: Path, split: str, classes=CLASSES, warn=_warn) -> tuple[list[Labelled], list[tuple]]:
-    """Validate one split and label its images; returns (labelled, skipped rows (split, filename, reason))."""
-    split_dir = root / split
-    where = f"{split}/_annotations.csv"
-    csv_path = split_dir / "_annotations.csv"
-    if not csv_path.is_file():
-        raise BadInput(f"{where} is missing: every split folder needs the boxes CSV of Roboflow's "
-                       "'TensorFlow Object Detection CSV' export")
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        raise BadInput(f"{where} is empty: it needs the header {','.join(COLUMNS)} and one row per box") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise BadInput(f"{where} is not valid CSV ({str(e).strip()}): fix the file") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in COLUMNS if c not in df.columns]
+@dataclass
+class Annotations:
+    """One split of an export, whatever its format: box rows in the CSV's columns, each with its place.
+
+    `df` holds COLUMNS as stripped strings (row index 0..n-1); `at[i]` names row i the way the user finds it
+    ("valid/_annotations.csv row 3 (line 4)", "train/_annotations.coco.json annotations[7]", ...). A
+    one-folder-per-class split has no rows: `folder_labels` maps each image to its folder instead.
+    """
+
+    split: str  # train / valid / test: the store's names, whatever the folder is called
+    folder: Path  # where the images are
+    place: str  # that folder as the user sees it in the zip: "valid/", "train/images/"
+    source: str  # the annotation file(s), for "no bounding boxes in ..." and warnings
+    images: list[str]  # every image file of the split (names relative to `folder`)
+    df: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=COLUMNS))
+    at: list[str] = field(default_factory=list)
+    scope: str = "this file"  # where the "N more bad rows" are
+    folder_labels: dict[str, str] | None = None  # one folder per class: image name -> class (its folder)
+    declared: tuple[str, ...] = ()  # the classes the export declares (COCO categories, YOLO names, folders)
+
+    def path(self, name: str) -> Path:
+        return self.folder / self.folder_labels[name] / name if self.folder_labels is not None else self.folder / name
+
+    def found_classes(self) -> set[str]:
+        return set(self.folder_labels.values()) if self.folder_labels is not None else set(self.df["class"])
+
+
+def resolve_classes(train: Annotations, given) -> tuple[str, ...]:
+    """The label order: `dataset.classes` when given, else the sorted class names of the training split.
+
+    A class the export declares but the training split never uses is refused: the model would have an output
+    it can never learn (Roboflow's dataset-level COCO category is dropped before this, see formats.py)."""
+    found = train.found_classes()
+    unused = [c for c in train.declared if c not in found]
+    if unused:
+        raise BadInput(f"{train.place}{train.source}: class {unused[0]!r} has no training photo or box: a class "
+                       "needs training examples; add some, or remove the class from the export")
+    if given:
+        return tuple(given)
+    for name in sorted(found):
+        if problem := class_name_problem(name):
+            raise BadInput(f"{train.place}{train.source}: {problem}: rename the class in the export")
+    if len(found) < 2:
+        raise BadInput(f"{train.place}{train.source}: the training split has {len(found)} class(es) "
+                       f"({', '.join(sorted(found)) or 'none'}): a classifier needs at least two")
+    return tuple(sorted(found))
+
+
+def check_trained(items: list[Labelled], classes, given: bool) -> None:
+    """Every class labels at least one training photo; one that never wins a training photo cannot be learned."""
+    labelled = {i.label for i in items if i.split == "train"}
+    missing = [c for c in classes if c not in labelled]
     if missing:
-        raise BadInput(f"{where}: missing column(s) {', '.join(missing)} (found {', '.join(df.columns)}): the "
-                       f"header must be {','.join(COLUMNS)}")
-    df = df[COLUMNS].apply(lambda s: s.str.strip())
-    if df.empty:
-        raise BadInput(f"{where} has a header but no box rows: every split needs labelled images; re-export "
-                       "the dataset")
-    df = drop_duplicate_rows(df, where, warn)
-    images = split_images(split_dir)
-    problems = _validate(df, split_dir, set(images), classes)
+        where = "listed in dataset.classes" if given else "found in the training split's boxes"
+        raise BadInput(f"class {missing[0]!r} ({where}) is the label of no training photo (it never is a training "
+                       "photo's dominant class): add training photos of it"
+                       + (", or remove it from dataset.classes" if given else ""))
+
+
+def most_frequent(items: list[Labelled], classes) -> str:
+    """The class that labels the most training photos (ties: class order): synthesize leaves it alone."""
+    counts = {c: 0 for c in classes}
+    for i in items:
+        if i.split == "train":
+            counts[i.label] += 1
+    return max(classes, key=lambda c: (counts[c], -classes.index(c)))
+
+
+def label_split(ann: Annotations, classes, warn=_warn) -> tuple[list[Labelled], list[tuple]]:
+    """Validate one split and label its images; returns (labelled, skipped rows (split, filename, reason))."""
+    if ann.folder_labels is not None:
+        return _label_folders(ann, classes)
+    df = drop_duplicate_rows(ann.df, f"{ann.place}{ann.source}", warn)
+    problems = _validate(df, ann, classes)
     if problems:
-        raise BadInput(_first_problem(where, problems, df))
+        raise BadInput(_first_problem(ann, problems, df))
     num = df[NUMERIC].astype(float)
     boxes: dict[str, list[Box]] = {}
     for fn, cls, x0, y0, x1, y1 in zip(df["filename"], df["class"], num["xmin"], num["ymin"], num["xmax"],
@@ -176,9 +228,25 @@ def read_split(root: Path, split: str, classes=CLASSES, warn=_warn) -> tuple[lis
     labelled = []
     for fn in sorted(boxes):
         label, score = dominant(boxes[fn], classes)
-        labelled.append(Labelled(split, fn, label, score, boxes[fn], path=split_dir / fn))
-    skipped = [(split, fn, "no bounding boxes in _annotations.csv") for fn in images if fn not in boxes]
+        labelled.append(Labelled(ann.split, fn, label, score, boxes[fn], path=ann.path(fn)))
+    skipped = [(ann.split, fn, f"no bounding boxes in {ann.source}") for fn in ann.images if fn not in boxes]
     return labelled, skipped
+
+
+def _label_folders(ann: Annotations, classes) -> tuple[list[Labelled], list[tuple]]:
+    """One folder per class: the folder is the label, no boxes (the content box is the whole photo)."""
+    for name, cls in sorted(ann.folder_labels.items()):
+        if cls not in classes:
+            raise BadInput(f"{ann.place}{cls}/: unknown class {cls!r}: use one of {', '.join(classes)} (the "
+                           "training split's class folders, or dataset.classes) or remove the folder")
+    results = _decode_all(ann.folder, [f"{cls}/{name}" for name, cls in sorted(ann.folder_labels.items())])
+    for rel, (_, err) in results.items():
+        if err is not None:
+            raise BadInput(f"image {ann.place}{rel} does not decode ({err}): replace the image with a valid JPEG "
+                           "or remove it")
+    labelled = [Labelled(ann.split, name, cls, 0.0, [], path=ann.path(name))
+                for name, cls in sorted(ann.folder_labels.items())]
+    return labelled, [(ann.split, fn, "not in a class folder") for fn in ann.images]
 
 
 class _Problems:
@@ -196,18 +264,20 @@ class _Problems:
         return [(i, *self.rows[i]) for i in sorted(self.rows)]
 
 
-def _validate(df: pd.DataFrame, split_dir: Path, images: set[str], classes) -> list[tuple[int, str, str]]:
+def _validate(df: pd.DataFrame, ann: Annotations, classes) -> list[tuple[int, str, str]]:
     """Every bad row as (row index, what is wrong, how to fix), sorted by row; the first problem per row only."""
+    images = set(ann.images)
     problems = _Problems(df)
     problems.flag(df["filename"] == "", lambda i: "empty filename")
     num = _check_numbers(df, problems)
     _check_boxes(df, num, problems)
     problems.flag(~df["class"].isin(classes), lambda i: f"unknown class {df.at[i, 'class']!r}",
-                  f"use one of {', '.join(classes)} or remove the row")
+                  f"use one of {', '.join(classes)} (the training split's classes, or dataset.classes) or "
+                  "remove the row")
     problems.flag(~df["filename"].isin(images) & (df["filename"] != ""),
-                  lambda i: f"image {df.at[i, 'filename']!r} is not in {split_dir.name}/",
-                  f"add the image to {split_dir.name}/ or remove its rows")
-    _check_images(df, num, split_dir, images, problems)
+                  lambda i: f"image {df.at[i, 'filename']!r} is not in {ann.place}",
+                  f"add the image to {ann.place} or remove its rows")
+    _check_images(df, num, ann, images, problems)
     return problems.sorted()
 
 
@@ -247,17 +317,17 @@ def _decode_all(split_dir: Path, names: list[str]) -> dict[str, tuple]:
         return dict(zip(names, pool.map(check, names)))
 
 
-def _check_images(df: pd.DataFrame, num: pd.DataFrame, split_dir: Path, images: set[str],
+def _check_images(df: pd.DataFrame, num: pd.DataFrame, ann: Annotations, images: set[str],
                   problems: _Problems) -> None:
     """Each referenced image decodes (once) and has the size its rows claim; rows already bad are skipped."""
     names = list(df[df["filename"].isin(images)].drop_duplicates("filename")["filename"])
-    results = _decode_all(split_dir, names)
+    results = _decode_all(ann.folder, names)
     for i, fn in zip(df.index, df["filename"]):
         if fn not in results or int(i) in problems.rows:
             continue
         size, err = results[fn]
         if err is not None:
-            problems.rows[int(i)] = (f"image {split_dir.name}/{fn} does not decode ({err})",
+            problems.rows[int(i)] = (f"image {ann.place}{fn} does not decode ({err})",
                                      "replace the image with a valid JPEG or remove its rows")
         elif (num.at[i, "width"], num.at[i, "height"]) != size:
             problems.rows[int(i)] = (
@@ -278,18 +348,19 @@ def _paint_away(img: np.ndarray, box: Box) -> tuple[slice, slice, np.ndarray]:
     return slice(y0, y1), slice(x0, x1), np.round(colour).astype(np.uint8)
 
 
-def synthesize(item: Labelled, classes=CLASSES, quality: int = 95) -> Labelled | None:
+def synthesize(item: Labelled, classes, common: str, quality: int = 95) -> Labelled | None:
     """The seed's synthetic image: paint the dominant class away so the runner-up class becomes the label.
 
-    Only for photos whose runner-up class is not fish (fish dominate the data; the point is more examples of
-    the rare classes). Each dominant box is filled with the mean colour of a thin ring of background around
-    it; the boxes of the remaining classes are then restored from the original, so an animal partly hidden
-    behind a painted box stays visible. Returns None when the photo does not qualify.
+    Only for photos whose runner-up class is not `common`, the most frequent class of the training split (on
+    the aquarium data: fish, as in the seed; the point is more examples of the rare classes). Each dominant box
+    is filled with the mean colour of a thin ring of background around it; the boxes of the remaining classes
+    are then restored from the original, so an animal partly hidden behind a painted box stays visible.
+    Returns None when the photo does not qualify.
     """
     from PIL import Image
 
     ranks = ranking(item.boxes, classes)
-    if len(ranks) < 2 or ranks[1][0] == "fish":
+    if len(ranks) < 2 or ranks[1][0] == common:
         return None
     top = ranks[0][0]
     with Image.open(io.BytesIO(item.jpeg)) as im:

@@ -28,8 +28,8 @@ from typing import Callable
 from urllib.parse import urlparse, urlunparse
 
 from common import lease, table
-from common.config import CLASSES, Sweep
-from common.data import SPLITS, labels, source as src
+from common.config import Sweep
+from common.data import SPLITS, formats, labels, source as src
 from common.errors import BadInput
 from common.store import Store, join, open_store
 
@@ -52,6 +52,8 @@ class Options:
     max_bytes: int = src.MAX_UNPACKED_BYTES
     max_entries: int = src.MAX_ENTRIES
     shard_mb: float = 100  # pixels per tensor shard (common.shards.SHARD_MB)
+    classes: tuple[str, ...] | None = None  # label order; None: the sorted classes of the training split
+    format: str = "auto"  # tfcsv | coco | yolo | folders; auto: detected (common/data/formats.py)
 
     @classmethod
     def from_sweep(cls, sweep: Sweep, **settings) -> "Options":
@@ -59,7 +61,12 @@ class Options:
         d = sweep.dataset
         return cls(**{"source": d.source, "store": sweep.store, "prefix": d.prefix, "sha256": d.sha256,
                       "synthesize": d.synthesize, "endpoint": sweep.endpoint, "sizes": tuple(sweep.image_sizes),
-                      **settings})
+                      "classes": tuple(d.classes) if d.classes else None, "format": d.format, **settings})
+
+    @property
+    def requested(self) -> dict:
+        """What the user asked of the labelling beyond the zip: a store prepared with other settings is re-read."""
+        return {"classes": list(self.classes) if self.classes else None, "format": self.format}
 
 
 def _log(msg: str) -> None:
@@ -83,7 +90,8 @@ class _Job:
         """The prefix already holds this very zip (same sha256 and synthesize flag) and --force is not set."""
         done = self.done
         return bool(done and not self.opts.force and sha and done.get("zip_sha256") == sha.strip().lower()
-                    and done.get("synthesize") == self.opts.synthesize)
+                    and done.get("synthesize") == self.opts.synthesize
+                    and done.get("requested", self.opts.requested) == self.opts.requested)
 
 
 def prepare(opts: Options, log=_log) -> dict:
@@ -104,14 +112,15 @@ def prepare(opts: Options, log=_log) -> dict:
         sha = src.verify_sha256(zip_path, opts.sha256, opts.source)
         if job.same_zip(sha):
             return _one_writer(job, _complete_existing)
-        items, skipped = _read_zip(zip_path, Path(tmp), opts, log)
+        items, skipped, classes, fmt = _read_zip(zip_path, Path(tmp), opts, log)
         # Synthesize, then fingerprint what a model trains on
-        synthetic = _synthesized(items, opts.synthesize, Path(tmp) / "synthesized", log)
+        synthetic = _synthesized(items, classes, opts.synthesize, Path(tmp) / "synthesized", log)
         items = _ordered(items + synthetic)
         labels_csv = _labels_csv(items)
-        fingerprint = _fingerprint(labels_csv, opts.synthesize)
+        fingerprint = _fingerprint(labels_csv, classes, opts.synthesize)
         record = {"fingerprint": fingerprint, "source": _safe_source(opts.source), "zip_sha256": sha,
-                  "synthesize": opts.synthesize, "synthesized": len(synthetic), "skipped": len(skipped)}
+                  "synthesize": opts.synthesize, "synthesized": len(synthetic), "skipped": len(skipped),
+                  "classes": list(classes), "format": fmt}
         # The photos are read from the unpacked zip while writing: the folder lives until then
         return _one_writer(job, lambda j: _write(j, items, labels_csv, skipped, record))
 
@@ -134,29 +143,36 @@ def _write(job: _Job, items, labels_csv: str, skipped, record: dict) -> dict:
         raise BadInput(_different(job, record["zip_sha256"]))
     record = _write_dataset(job, items, labels_csv, skipped, record)
     for size in sizes:
-        _write_tensors(job, items, size, record["fingerprint"], list(CLASSES), _photo)
+        _write_tensors(job, items, size, record["fingerprint"], record["classes"], _photo)
     job.lease.check()
     store.mark_complete(prefix, {"fingerprint": record["fingerprint"], "sizes": list(sizes),
                                  "zip_sha256": record["zip_sha256"], "synthesize": job.opts.synthesize,
-                                 "source": record["source"]})
+                                 "source": record["source"], "requested": job.opts.requested})
     return _summary("prepared", job, record, sizes, sizes)
 
 
-def _read_zip(zip_path: Path, tmp: Path, opts: Options, log) -> tuple[list, list]:
-    """Unpack the untrusted zip, validate and label every split; returns (labelled items, skipped). Items keep
-    the path of their unpacked photo and its sha256, not its bytes."""
+def _read_zip(zip_path: Path, tmp: Path, opts: Options, log) -> tuple[list, list, tuple[str, ...], str]:
+    """Unpack the untrusted zip, read its format, decide the classes, validate and label every split;
+    returns (labelled items, skipped, classes in label order, format). Items keep the path of their unpacked
+    photo and its sha256, not its bytes."""
     unpacked = src.safe_extract(zip_path, tmp / "unpacked", opts.source, opts.max_bytes, opts.max_entries)
-    root = src.dataset_root(unpacked, SPLITS, opts.source)
+    root = formats.dataset_root(unpacked, opts.source)
+    folders = formats.split_folders(root, opts.source)
+    fmt = formats.detect(root, folders, opts.source) if opts.format == "auto" else opts.format
+    splits = formats.read(fmt, root, folders)
+    classes = labels.resolve_classes(splits["train"], opts.classes)
+    log(f"  format {fmt}{' (detected)' if opts.format == 'auto' else ''}; classes {', '.join(classes)}")
     items, skipped = [], []
     for split in SPLITS:
-        got, skip = labels.read_split(root, split)
+        got, skip = labels.label_split(splits[split], classes)
         items += got
         skipped += skip
-        log(f"  {split}: {len(got)} labelled images, {len(skip)} without boxes")
+        log(f"  {split}: {len(got)} labelled images, {len(skip)} without a label")
+    labels.check_trained(items, classes, given=bool(opts.classes))
     with ThreadPoolExecutor(4) as pool:
         for item, digest in zip(items, pool.map(lambda i: src.sha256_file(i.path), items)):
             item.digest = digest
-    return items, skipped
+    return items, skipped, classes, fmt
 
 
 def _photo(item) -> bytes:
@@ -164,14 +180,15 @@ def _photo(item) -> bytes:
     return item.jpeg or item.path.read_bytes()
 
 
-def _synthesized(items, synthesize: bool, folder: Path, log) -> list:
+def _synthesized(items, classes, synthesize: bool, folder: Path, log) -> list:
     """The synthetic train photos, each written to `folder` as it is made (items hold paths, not bytes)."""
     if not synthesize:
         return []
+    common = labels.most_frequent(items, classes)
     folder.mkdir(parents=True, exist_ok=True)
     synthetic = []
     for item in (i for i in items if i.split == "train"):
-        made = labels.synthesize(replace(item, jpeg=_photo(item), digest=""))
+        made = labels.synthesize(replace(item, jpeg=_photo(item), digest=""), classes, common)
         if made is not None:
             made.path, made.digest = folder / made.filename, made.sha256
             made.path.write_bytes(made.jpeg)
@@ -184,15 +201,21 @@ def _synthesized(items, synthesize: bool, folder: Path, log) -> list:
 def _different(job: _Job, sha: str) -> str:
     done, opts = job.done, job.opts
     return (f"{job.store.url(job.prefix)} already holds a different prepared dataset (from {done.get('source')}, "
-            f"zip sha256 {str(done.get('zip_sha256'))[:12]}, synthesize {done.get('synthesize')}; this one: zip "
-            f"sha256 {sha[:12]}, synthesize {opts.synthesize}): pass --force to replace it, or use another "
+            f"zip sha256 {str(done.get('zip_sha256'))[:12]}, synthesize {done.get('synthesize')}, classes "
+            f"{_classes_text(done.get('requested'))}; this one: zip sha256 {sha[:12]}, synthesize {opts.synthesize}, "
+            f"classes {_classes_text(opts.requested)}): pass --force to replace it, or use another "
             "--store or dataset.prefix")
+
+
+def _classes_text(requested: dict | None) -> str:
+    classes = (requested or {}).get("classes")
+    return ",".join(classes) if classes else "from the data"
 
 
 def _write_dataset(job: _Job, items, labels_csv: str, skipped, record: dict) -> dict:
     """Images, labels.csv, skipped.csv, classes, counts and fingerprint.json (the dataset's record)."""
     store, prefix = job.store, job.prefix
-    counts = _counts(items)
+    counts = _counts(items, record["classes"])
     store.delete_prefix(prefix)  # leftovers of an unfinished run or the dataset being replaced
     job.log(f"writing {len(items)} images to {store.url(prefix)}")
     with ThreadPoolExecutor(8) as pool:
@@ -200,10 +223,9 @@ def _write_dataset(job: _Job, items, labels_csv: str, skipped, record: dict) -> 
                       items))
     store.put_text(join(prefix, "labels.csv"), labels_csv)
     store.put_text(join(prefix, "skipped.csv"), _csv(["split", "filename", "reason"], skipped))
-    store.put_json(join(prefix, "classes.json"), list(CLASSES))
+    store.put_json(join(prefix, "classes.json"), record["classes"])
     store.put_json(join(prefix, "counts.json"), counts)
-    record = {**record, "images": {s: sum(counts[s].values()) for s in SPLITS}, "counts": counts,
-              "classes": list(CLASSES)}
+    record = {**record, "images": {s: sum(counts[s].values()) for s in SPLITS}, "counts": counts}
     store.put_json(join(prefix, "fingerprint.json"), record)
     return record
 
@@ -217,7 +239,6 @@ def _complete_existing(job: _Job) -> dict:
     have = set(done.get("sizes", []))
     missing = [s for s in job.sizes
                if s not in have or not is_current(store.is_complete(join(prefix, "tensors", str(s))))]
-
     record = store.get_json(join(prefix, "fingerprint.json"))
     if not missing:
         job.log(f"already prepared: {store.url(prefix)} (fingerprint {done['fingerprint']}, sizes {sorted(have)})")
@@ -225,8 +246,9 @@ def _complete_existing(job: _Job) -> dict:
     job.log(f"dataset already in {store.url(prefix)}; materialising missing sizes {missing}")
     items = [labels.Labelled(r["split"], r["filename"], r["label"], float(r["score"]), [])
              for r in csv.DictReader(io.StringIO(store.get_text(join(prefix, "labels.csv"))))]
+    classes = store.get_json(join(prefix, "classes.json"))
     for size in missing:
-        _write_tensors(job, items, size, done["fingerprint"], list(CLASSES),
+        _write_tensors(job, items, size, done["fingerprint"], classes,
                        lambda i: store.get_bytes(join(prefix, "images", i.split, i.label, i.filename)))
     all_sizes = sorted(have | set(missing))
     store.mark_complete(prefix, {**done, "sizes": all_sizes})
@@ -293,15 +315,17 @@ def _labels_csv(items) -> str:
                                 for i in _ordered(items)])
 
 
-def _fingerprint(labels_csv: str, synthesize: bool) -> str:
-    """sha256 of what a model trains on: every label and image hash, the class order, the synthesize flag."""
-    blob = json.dumps({"labels.csv": labels_csv, "classes": list(CLASSES), "synthesize": synthesize},
+def _fingerprint(labels_csv: str, classes, synthesize: bool) -> str:
+    """sha256 of what a model trains on: every label and image hash, the class order, the synthesize flag.
+
+    Not the export format: the same photos and labels from a COCO or a CSV export are the same training data."""
+    blob = json.dumps({"labels.csv": labels_csv, "classes": list(classes), "synthesize": synthesize},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _counts(items) -> dict:
-    counts = {s: {c: 0 for c in CLASSES} for s in SPLITS}
+def _counts(items, classes) -> dict:
+    counts = {s: {c: 0 for c in classes} for s in SPLITS}
     for i in items:
         counts[i.split][i.label] += 1
     return counts
@@ -327,7 +351,7 @@ def _summary(status: str, job: _Job, record: dict, sizes, materialised) -> dict:
 def summary_text(summary: dict) -> str:
     """The job's closing report: images per split, class counts table, skipped, synthesized, time."""
     counts = summary["counts"]
-    rows = [{"class": c, **{s: counts[s][c] for s in SPLITS}} for c in CLASSES]
+    rows = [{"class": c, **{s: counts[s][c] for s in SPLITS}} for c in counts["train"]]  # label order
     rows.append({"class": "images", **{s: summary["images"][s] for s in SPLITS}})
     return "\n".join([
         f"{summary['status']}: {summary['store']}  (fingerprint {summary['fingerprint'][:12]}, "

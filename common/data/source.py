@@ -64,8 +64,8 @@ def fetch(source: str, workdir: Path, relative_to: Path | None = None, endpoint:
                        "or a Google Drive link")
     if not path.is_file():
         raise BadInput(f"dataset source {source!r} not found (looked for {path.resolve()}): pass --source (or "
-                       "make sweep DATASET=) with a path, URL or Google Drive link of the Roboflow Aquarium zip "
-                       "('TensorFlow Object Detection CSV' export; see README, Preparing the dataset)")
+                       "make sweep DATASET=) with a path, URL or Google Drive link of the dataset zip (a Roboflow "
+                       "export; see README, Preparing the dataset and Bring your own dataset)")
     return path
 
 
@@ -156,8 +156,8 @@ def safe_extract(zip_path: Path, dest: Path, source: str, max_bytes: int = MAX_U
     try:
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise BadInput(f"dataset {source} is not a zip file ({e}): export the Roboflow dataset as "
-                       "'TensorFlow Object Detection CSV' and pass the downloaded .zip") from None
+        raise BadInput(f"dataset {source} is not a zip file ({e}): export the Roboflow dataset (e.g. as "
+                       "'COCO JSON' or 'TensorFlow Object Detection CSV') and pass the downloaded .zip") from None
     with zf:
         infos = zf.infolist()
         if len(infos) > max_entries:
@@ -197,19 +197,3 @@ def safe_extract(zip_path: Path, dest: Path, source: str, max_bytes: int = MAX_U
                                "zip again") from None
     return dest
 
-
-def dataset_root(folder: Path, splits: tuple[str, ...], source: str) -> Path:
-    """The folder holding the split folders: the zip's root, or its single top-level folder."""
-    def has_all(p: Path) -> bool:
-        return all((p / s).is_dir() for s in splits)
-
-    if has_all(folder):
-        return folder
-    children = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(("__MACOSX", "."))]
-    if len(children) == 1 and has_all(children[0]):
-        return children[0]
-    base = children[0] if len(children) == 1 and not any((folder / s).is_dir() for s in splits) else folder
-    missing = [s for s in splits if not (base / s).is_dir()]
-    raise BadInput(f"dataset {source} has no {'/, '.join(missing)}/ split folder: the zip must hold "
-                   f"{', '.join(s + '/' for s in splits)} each with images and _annotations.csv (Roboflow's "
-                   "'TensorFlow Object Detection CSV' export)")
