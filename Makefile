@@ -12,7 +12,7 @@ TF_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev
 AQUARIUM_ZIP ?= $(wildcard ../shared/datasets/aquarium-tfcsv.zip)
 export AQUARIUM_ZIP
 # ImageNet weights for `weights: imagenet` without a network (a folder or s3:// prefix; README)
-AQUARIUM_WEIGHTS ?= $(wildcard ../shared/weights)
+AQUARIUM_WEIGHTS ?= $(abspath $(wildcard ../shared/weights))
 ifneq ($(AQUARIUM_WEIGHTS),)
 export AQUARIUM_WEIGHTS
 endif
