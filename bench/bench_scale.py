@@ -9,13 +9,14 @@ channel, its boxes moved with it (boxes left outside the crop are dropped); 70/2
 as its own process (peak RSS from `os.wait4` through bench_memory's lean launcher, so no figure is another's):
 
   prepare      `aquarium prepare --image-sizes 64,224` into a file store: wall, photos/s, peak RSS;
-  train-64     the sweep's first 64-px CNN, `--steps` batches of 2 epochs (epoch 1 traces; photos/s of epoch 2);
+  train-64     the sweep's first 64-px CNN, `--steps` batches of 2 epochs, each followed by the whole validation
+               split (epoch 1 traces; photos/s of epoch 2's training batches, validation not timed);
   train-224    its first 224-px fine-tune (weights none: the step costs the same), the same way;
   ...streamed  the same with `cache_mb: 0` (every split streamed), beside the default `cache_mb`.
 
 With `--old-ref` (a commit before issue 21, e.g. 68f21c0) the smallest count also runs through that commit's
-in-memory path (`git archive` into /tmp): one .npz per split, loaded whole. `--quick` is the suite's mode: the
-given zip as is, counts 40 and 80, 2 steps, seconds. The last line:
+in-memory path (`git archive` into /tmp): one .npz per split, loaded whole. `--quick` is the suite's mode: 40
+photos from the given zip, 64 px only, 2 steps, about a minute. The last line:
 `scale: prepare 20k peak X GB (2k Y GB), train-224 20k peak A GB (2k B GB)`.
 """
 
@@ -45,8 +46,8 @@ from bench_memory import PYTHON, peak_rss  # noqa: E402
 SPLITS = ("train", "valid", "test")
 SHARES = (0.7, 0.2, 0.1)
 
-# A child that trains one variant for 2 epochs of `steps` batches from a prepared store: prints photos/s of
-# epoch 2. It runs in whichever checkout is on sys.path (ours, or the old ref's for the in-memory path).
+# A child that trains one variant for 2 epochs of `steps` batches from a prepared store (validation included, as
+# in a real run: it is in the peak RSS): prints photos/s of epoch 2's training batches. It runs in whichever checkout is on sys.path (ours, or the old ref's for the in-memory path).
 TRAIN = """
 import json, sys, tempfile, time
 from pathlib import Path
@@ -68,9 +69,10 @@ data = (train.load_data(store, sweep, v.image_size, work / "tensors") if hasattr
         else train.load_data(store, sweep, v.image_size))
 model = train.build_model(store, v, len(data.classes), work)
 times = []
-class T(keras.callbacks.Callback):
+class T(keras.callbacks.Callback):  # the training batches only: validation's pass is not training throughput
     def on_epoch_begin(self, e, logs=None): self.t = time.perf_counter()
-    def on_epoch_end(self, e, logs=None): times.append(time.perf_counter() - self.t)
+    def on_train_batch_end(self, b, logs=None): self.last = time.perf_counter()
+    def on_epoch_end(self, e, logs=None): times.append(self.last - self.t)
 train.fit(model, data, v, [T()], 0)
 print(json.dumps({"photos_per_s": int(steps) * v.batch_size / times[-1]}))
 """
