@@ -23,11 +23,14 @@ def test_shipped_specs_have_the_seed_variants():
     cnn = [v for v in sweep.variants if v.kind == "cnn"]
     seed_table = [(v.conv_layers, v.lr_factor, v.lr_patience) for v in cnn[:3]]
     assert seed_table == [(4, 0.2, 5), (3, 0.1, 3), (5, 0.3, 8)]
-    assert all(v.image_size == 64 for v in cnn[:3]) and {v.image_size for v in cnn} == {64, 96}
+    assert {v.image_size for v in cnn} == {64}
     fine = [v for v in sweep.variants if v.kind == "finetune"]
-    assert [v.lr_patience for v in fine[:3]] == [8, 4, 2]
-    assert all(v.image_size == 224 and v.trainable_layers == 20 for v in fine)
-    assert sweep.image_sizes == [64, 96, 224]
+    assert [(v.backbone, v.lr_patience) for v in fine[:3]] == [("large", 8), ("large", 4), ("large", 2)]
+    assert all(v.image_size == 224 and v.trainable_layers == 20 for v in fine[:3])
+    # issue 19: the report's three recipes on MobileNetV3Small too, with the ImageNet weights
+    small = [v for v in sweep.variants if v.kind == "finetune" and v.backbone == "small"]
+    assert [v.lr_patience for v in small[:3]] == [8, 4, 2] and all(v.weights == "imagenet" for v in small)
+    assert sweep.image_sizes == [64, 224, 256]
     # issue 13: every variant frame-robust and flip-averaged; the top-3 ensemble row
     assert all(v.augment.frame and v.augment.border and v.test_time_flip for v in sweep.variants)
     assert sweep.ensemble_top_k == 3
