@@ -133,21 +133,30 @@ def class_table(classes=CLASSES) -> tf.lookup.StaticHashTable:
     return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1)
 
 
-def materialise(jpegs: Iterable[bytes], class_names: list[str], size: int, fast: bool = True, classes=CLASSES,
-                batch: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def photo_bytes(jpegs: Iterable[bytes] | list[str]) -> tf.data.Dataset:
+    """JPEG bytes per photo, in order: a list of file paths is read by tf.data itself (in parallel, no Python per
+    photo); any other iterable yields the bytes (a generator reading from a store), consumed lazily."""
+    if isinstance(jpegs, list) and all(isinstance(j, str) for j in jpegs):
+        return tf.data.Dataset.from_tensor_slices(tf.constant(jpegs, tf.string)).map(
+            tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return tf.data.Dataset.from_generator(lambda: iter(jpegs), output_signature=tf.TensorSpec([], tf.string))
+
+
+def materialise(jpegs: Iterable[bytes] | list[str], class_names: list[str], size: int, fast: bool = True,
+                classes=CLASSES, batch: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Decode, pad and resize photos in parallel with tf.data, as a stream of batches in input order:
     (uint8 [B,S,S,3], int32 labels [B], float32 content boxes [B,4]).
 
-    `jpegs` is consumed lazily (a generator that reads each file when its turn comes), so memory holds a few
-    batches whatever the number of photos (`prepare` writes each batch to its shard before the next).
+    `jpegs` (file paths, or bytes: `photo_bytes`) is read lazily, so memory holds a few batches whatever the
+    number of photos (`prepare` writes each batch to its shard before the next).
     """
     table = class_table(classes)
-    photos = tf.data.Dataset.from_generator(lambda: iter(jpegs), output_signature=tf.TensorSpec([], tf.string))
+    photos = photo_bytes(jpegs)
     names = tf.data.Dataset.from_tensor_slices(tf.constant(list(class_names), tf.string))
     ds = tf.data.Dataset.zip(photos, names).map(
         lambda jpeg, name: (*decode_pad_resize_box(jpeg, size, fast), table.lookup(name)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    for x, b, y in ds.batch(batch).prefetch(2):
+    for x, b, y in ds.batch(batch).prefetch(4):
         yield x.numpy(), y.numpy().astype(np.int32), b.numpy()
 
 

@@ -257,8 +257,9 @@ def _complete_existing(job: _Job) -> dict:
 
 def _write_tensors(job: _Job, items, size: int, fingerprint: str, classes: list[str], photo: Callable) -> None:
     """tensors/<size>/ as TFRecord shards through common.pipeline (the one definition of decode/pad/resize):
-    photos are read (`photo(item)`, a few ahead), decoded and written a batch at a time, so memory holds a
-    few batches and one shard whatever the number of photos; index.json, then `_SUCCESS`, last."""
+    photos are read by tf.data from their files (from a store: `photo(item)`, a few ahead), decoded and written a
+    batch at a time, so memory holds a few batches and one shard whatever the number of photos; index.json, then
+    `_SUCCESS`, last."""
     from common.pipeline import materialise  # TensorFlow: only when there is work
     from common.shards import ShardWriter
 
@@ -267,15 +268,17 @@ def _write_tensors(job: _Job, items, size: int, fingerprint: str, classes: list[
     base = join(job.prefix, "tensors", str(size))
     items = _ordered(items)
     store.delete_prefix(base)  # an unfinished run's shards, or the older layout's .npz files
+    on_disk = all(i.path is not None and not i.jpeg for i in items)  # tf.data reads the files itself: faster
+    photos = [str(i.path) for i in items] if on_disk else _read_ahead(photo, items)
     with tempfile.TemporaryDirectory(prefix="aquarium-shards-") as tmp:
         writer = ShardWriter(store, base, size, classes, Path(tmp), job.opts.shard_mb)
         done = 0
-        for images, ids, boxes in materialise(_read_ahead(photo, items), [i.label for i in items], size, fast,
+        for images, ids, boxes in materialise(photos, [i.label for i in items], size, fast,
                                               classes=classes):
             if (ids < 0).any():
                 raise BadInput(f"{store.url(join(job.prefix, 'labels.csv'))} has a label outside {classes}: "
                                "rerun prepare with --force")
-            for image, label, box, item in zip(images, ids, boxes, items[done:]):
+            for image, label, box, item in zip(images, ids, boxes, items[done:done + len(ids)]):
                 writer.add(item.split, image, int(label), item.filename, box)
             done += len(ids)
         index = writer.finish(SPLITS, {"fingerprint": fingerprint, "fast": fast})
