@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import warnings
 
 import numpy as np
@@ -252,6 +253,7 @@ def test_input_norm_per_image_ignores_global_contrast_and_fixed_keeps_the_photos
     np.testing.assert_allclose(per_image(x), per_image(half), atol=1e-5)
     fixed = build_cnn(Variant(name="f", image_size=32, input_norm="fixed"), 7)
     fixed.save(tmp_path / "model.keras")
+    (tmp_path / "metrics.json").write_text(json.dumps({"classes": [f"c{i}" for i in range(7)]}))  # predict's names
     loaded = load(str(tmp_path / "model.keras")).model
     first = keras.Model(loaded.inputs, loaded.get_layer("rescale").output)
     levels = np.broadcast_to(np.array([0.0, 127.5, 255.0], np.float32), (1, 32, 32, 3))

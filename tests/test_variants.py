@@ -254,7 +254,8 @@ def test_finetune_loads_weights_file_staged_in_the_store(prepared, tmp_path):
     store = open_env_store(uri, env)
     store.upload("staged/mnv3.weights.h5", weights_file)
 
-    config = spec(tmp_path, mnv3={"weights": f"{uri}/staged/mnv3.weights.h5", "trainable_layers": 2})
+    config = spec(tmp_path, mnv3={"backbone": "large", "weights": f"{uri}/staged/mnv3.weights.h5",
+                                  "trainable_layers": 2, "head_epochs": 0, "epochs": 1})
     done = aquarium("finetune-variant", "--config", config, "--variant", "mnv3", "--store", uri, env=env)
     assert done.returncode == 0, done.stderr
     prefix = load_sweep(config).variant_prefix("mnv3")
@@ -265,7 +266,7 @@ def test_finetune_loads_weights_file_staged_in_the_store(prepared, tmp_path):
     frozen = trained.get_layer(backbone.name).get_layer("conv")  # the first, frozen, backbone conv
     assert np.allclose(frozen.get_weights()[0], 0.0123)
 
-    missing = spec(tmp_path, mnv3={"weights": f"{uri}/staged/nope.weights.h5"})
+    missing = spec(tmp_path, mnv3={"backbone": "large", "weights": f"{uri}/staged/nope.weights.h5"})
     bad = aquarium("finetune-variant", "--config", missing, "--variant", "mnv3", "--store", uri, env=env)
     assert bad.returncode == 2 and "nope.weights.h5 not found" in bad.stderr
 
