@@ -10,7 +10,8 @@ from jobs import sweep_job
 @sweep_job("aggregate")
 def command(sweep, target):
     """Compare every variant of the sweep; exit 2 when none has finished."""
-    from common.report import aggregate, format_table, robustness_text
+    from common.documents import robustness_text
+    from common.report import aggregate, format_table
     from common.store import join
 
     summary, board = aggregate(target, sweep)

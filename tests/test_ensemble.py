@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,7 @@ def test_flip_averaged_model_answers_the_same_for_a_photo_and_its_mirror(tmp_pat
     net = build_cnn(variant, len(CLASSES))
     model = inference_model(net, variant)
     model.save(tmp_path / "model.keras")
+    (tmp_path / "metrics.json").write_text(json.dumps({"classes": list(CLASSES)}))  # the names predict reads
     loaded = load(str(tmp_path / "model.keras"))  # predict's loader: the Mirror layer is registered
     x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     mirrored = x[:, :, ::-1]

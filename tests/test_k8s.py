@@ -396,9 +396,8 @@ def test_pods_get_the_submitters_weights_and_precision_settings_and_plan_refuses
     assert k8s.plan_problems(sweep, manifests, "smoke.yaml")[0] == []
     monkeypatch.setenv("AQUARIUM_WEIGHTS", str(tmp_path))
     errors, _ = k8s.plan_problems(sweep, k8s.render(*rendered("smoke.yaml")[:2]), "smoke.yaml")
-    assert errors == [f"smoke.yaml: AQUARIUM_WEIGHTS={tmp_path} is a local folder: pods cannot read it; upload the "
-                      "weights files once (aws s3 cp FOLDER s3://BUCKET/weights/ --recursive) and set "
-                      "AQUARIUM_WEIGHTS=s3://BUCKET/weights/"]
+    assert errors == [f"smoke.yaml: AQUARIUM_WEIGHTS={tmp_path} is a local folder: pods cannot read it; upload its "
+                      "weights files once to s3://BUCKET/weights/ and set AQUARIUM_WEIGHTS=s3://BUCKET/weights/"]
 
 
 def test_plan_refuses_a_local_dataset_and_bad_quantities():

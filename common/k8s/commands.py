@@ -1,5 +1,5 @@
-"""`aquarium sweep stop`, `sweep logs` and `sweep status --kubernetes`: read, delete and follow a sweep's Jobs
-without submitting anything."""
+"""The commands that read, delete and follow a sweep's Jobs without submitting anything: `aquarium sweep stop`,
+`aquarium sweep logs` and `aquarium sweep status --kubernetes`."""
 
 from __future__ import annotations
 

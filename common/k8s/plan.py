@@ -76,8 +76,8 @@ def _check_endpoint(sweep: Sweep, p: Problems) -> None:
 def _check_weights(sweep: Sweep, p: Problems) -> None:
     where = os.environ.get("AQUARIUM_WEIGHTS", "")
     if where and not is_s3(where) and any(v.kind == "finetune" and v.weights == "imagenet" for v in sweep.variants):
-        p.error(f"AQUARIUM_WEIGHTS={where} is a local folder: pods cannot read it; upload the weights files once "
-                "(aws s3 cp FOLDER s3://BUCKET/weights/ --recursive) and set AQUARIUM_WEIGHTS=s3://BUCKET/weights/")
+        p.error(f"AQUARIUM_WEIGHTS={where} is a local folder: pods cannot read it; upload its weights files once "
+                "to s3://BUCKET/weights/ and set AQUARIUM_WEIGHTS=s3://BUCKET/weights/")
 
 
 def _check_image(sweep: Sweep, p: Problems) -> None:
