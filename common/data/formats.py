@@ -97,13 +97,17 @@ def _place(folder: Path) -> str:
     return f"{folder.name}/"
 
 
+def annotation_file(folder: Path, name: str, what: str) -> tuple[str, Path]:
+    """(where, path) of a split's annotation file, which must exist: `what` names the export it belongs to."""
+    where, path = f"{folder.name}/{name}", folder / name
+    if not path.is_file():
+        raise BadInput(f"{where} is missing: every split folder needs {what} export")
+    return where, path
+
+
 def read_tfcsv(split: str, folder: Path) -> Annotations:
     """Roboflow's 'TensorFlow Object Detection CSV': one row per box, corners in pixels."""
-    where = f"{folder.name}/{CSV}"
-    path = folder / CSV
-    if not path.is_file():
-        raise BadInput(f"{where} is missing: every split folder needs the boxes CSV of Roboflow's "
-                       "'TensorFlow Object Detection CSV' export")
+    where, path = annotation_file(folder, CSV, "the boxes CSV of Roboflow's 'TensorFlow Object Detection CSV'")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
@@ -149,11 +153,7 @@ def read_coco(split: str, folder: Path, warn=_warn) -> Annotations:
     Roboflow adds one category for the dataset itself (the other categories' supercategory) that no box uses:
     it is not a class, so it is dropped with a note. Any other category without training boxes is refused
     (`labels.resolve_classes`)."""
-    where = f"{folder.name}/{COCO}"
-    path = folder / COCO
-    if not path.is_file():
-        raise BadInput(f"{where} is missing: every split folder needs the annotations of Roboflow's 'COCO JSON' "
-                       "export")
+    where, path = annotation_file(folder, COCO, "the annotations of Roboflow's 'COCO JSON'")
     try:
         doc = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
