@@ -98,6 +98,7 @@ def test_predict_output_to_a_full_device(tmp_path):
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(7, activation="softmax")])
     model.save(tmp_path / "model.keras")
+    (tmp_path / "metrics.json").write_text('{"classes": ["a", "b", "c", "d", "e", "f", "g"]}')  # predict's names
     Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(tmp_path / "a.jpg")
     with open("/dev/full", "w") as full:
         run = subprocess.run([sys.executable, "-m", "jobs.cli", "predict", "--model", tmp_path / "model.keras",
