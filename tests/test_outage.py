@@ -23,6 +23,7 @@ from pathlib import Path
 from unittest import mock
 
 import boto3
+import pytest
 import yaml
 from helpers import ROOT
 
@@ -127,7 +128,8 @@ def test_sweep_survives_a_20s_store_outage_without_retraining_checkpointed_epoch
     state = f"{sweep.variant_prefix('cnn-a')}/checkpoint/state.json"
     deadline = time.monotonic() + 600
     while not (direct.exists(state) and direct.get_json(state)["epoch"] >= 2):
-        assert time.monotonic() < deadline and run.poll() is None, run.communicate()[0][-3000:]
+        if time.monotonic() > deadline or run.poll() is not None:
+            pytest.fail(f"no checkpoint at epoch 2 before the outage:\n{run.communicate()[0][-3000:]}")
         time.sleep(0.3)
     proxy.stop()  # the outage, in the middle of training
     time.sleep(OUTAGE_S)
