@@ -130,3 +130,37 @@ def history_csv(rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
+
+
+class TrialStopper(keras.callbacks.Callback):
+    """A search's trial (common/search.py): after each epoch, the driver's verdict from the store; at a rung the
+    epoch's checkpoint is flushed first (the driver judges what is in the store) and the trial waits for the
+    verdict. Told to stop, training ends after this epoch (`stopped_at`) and the run records `pruned`.
+    Put it after the StoreCheckpoint."""
+
+    def __init__(self, reporter: Reporter, rungs: list[int]):
+        super().__init__()
+        self.reporter, self.rungs, self.stopped_at = reporter, set(rungs), 0
+
+    def told_to_stop(self, epoch: int) -> bool:
+        """Already told at or before `epoch` (a pruned trial run again): it does not train on."""
+        from common.search import read_verdict
+
+        verdict = read_verdict(self.reporter.store, self.reporter.prefix)
+        if verdict.get("stop") and int(verdict.get("epoch") or 0) <= epoch:
+            self.stopped_at = epoch
+        return bool(self.stopped_at)
+
+    def on_epoch_end(self, epoch, logs=None):
+        from common.search import read_verdict, wait_verdict
+
+        store, prefix, done = self.reporter.store, self.reporter.prefix, epoch + 1
+        if done in self.rungs:
+            self.reporter.checkpoint.flush()
+            verdict = wait_verdict(store, prefix, done, lambda m: log.warning("%s: %s", self.reporter.variant.name, m))
+        else:
+            verdict = read_verdict(store, prefix)
+        if verdict.get("stop"):
+            log.info("%s: stopped by its search after epoch %d", self.reporter.variant.name, done)
+            self.stopped_at = done
+            self.model.stop_training = True

@@ -232,6 +232,52 @@ class Kubernetes(Strict):
     mount_service_account_token: bool = False  # IRSA / EKS Pod Identity need the pods' projected token
 
 
+class Param(Strict):
+    """One parameter of a search space: exactly one of a list of choices, a uniform or log-uniform float range, or
+    an integer range (`int: [low, high]`, optional `step`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True, validate_default=True)
+
+    choice: list | None = Field(None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    int_range: tuple[int, int] | None = Field(None, alias="int")
+    step: int = Field(1, ge=1)  # of an integer range
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        kinds = [k for k in ("choice", "uniform", "loguniform", "int_range") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of choice, uniform, loguniform or int")
+        low_high = self.uniform or self.loguniform or self.int_range
+        if low_high and not low_high[0] < low_high[1]:
+            raise ValueError(f"the range {list(low_high)} is empty: give [low, high] with low < high")
+        if self.loguniform and self.loguniform[0] <= 0:
+            raise ValueError("a loguniform range needs low > 0")
+        return self
+
+
+class EarlyStop(Strict):
+    """Stopping trials early by epochs (Optuna's pruners): successive halving (asynchronous, ASHA) or Hyperband."""
+
+    method: Literal["successive_halving", "hyperband"] = "successive_halving"
+    min_epochs: int = Field(1, ge=1)  # the first rung
+    reduction_factor: int = Field(3, ge=2)  # 1/reduction_factor of the trials go on at each rung
+
+
+class Search(Strict):
+    """A search: trials `<name>-<number>`, each the `base` variant with a point of the `space` (common/search.py)."""
+
+    name: Annotated[str, k8s_name(36)]
+    base: str | dict = {}  # variant keys, or the name of a variant of this spec
+    space: dict[str, Param] = Field(min_length=1)  # variant key (nested: `augment.frame`) -> its range
+    sampler: Literal["grid", "random", "tpe"] = "tpe"
+    trials: int | None = Field(None, ge=1)  # default: the grid's size (grid only)
+    seed: int = 0
+    max_parallel: int | None = Field(None, ge=1)  # trials running at once (the sweep's limit applies too)
+    early_stopping: EarlyStop | Literal["none"] = "none"
+
+
 class Sweep(Strict):
     name: Annotated[str, k8s_name(20)]
     dataset: Dataset
@@ -241,6 +287,7 @@ class Sweep(Strict):
     ensemble_top_k: int = Field(0, ge=0)  # >= 2: a leaderboard row averaging the k best variants (common.ensemble)
     defaults: dict = {}
     variants: list[Variant]
+    searches: list[Search] = []  # trials added while the sweep runs (common/search.py)
     kubernetes: Kubernetes = Kubernetes()
 
     @field_validator("variants")
@@ -290,8 +337,8 @@ def _where(loc: tuple, raw: dict) -> str:
     for i, p in enumerate(loc):
         if isinstance(p, int):
             name = ""
-            if loc[:i] == ("variants",) and p < len(raw.get("variants") or []):
-                item = raw["variants"][p]
+            if i == 1 and loc[0] in ("variants", "searches") and p < len(raw.get(loc[0]) or []):
+                item = raw[loc[0]][p]
                 name = f" {item.get('name')!r}" if isinstance(item, dict) and "name" in item else ""
             parts[-1] += f"[{p}]{name}"
         else:
@@ -366,6 +413,10 @@ def parse_sweep(raw, path: str = "sweep.yaml") -> Sweep:
     too_long = [v.name for v in sweep.variants if len(f"{sweep.name}-{v.name}") > 52]
     if too_long:
         raise BadInput(f"{path}: job name {sweep.name}-{too_long[0]} is over 52 characters: shorten the names")
+    if sweep.searches:
+        from common.search import check_searches  # Optuna loads only for a spec with searches
+
+        check_searches(sweep, path)
     return sweep
 
 

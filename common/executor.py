@@ -24,12 +24,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from common.config import Sweep
+from common.config import Sweep, Variant
 from common.data.source import resolve_local
 from common import lease
 from common.errors import EXIT_INTERRUPTED, EXIT_TRANSIENT, AquariumError, BadInput, from_os_error
-from common.schedule import (ACTIVE, AGGREGATE, FAILED, FINISHED, PREPARE, SKIPPED, SUCCEEDED, WAITING, Decision,
-                             Schedule)
+from common.schedule import (ACTIVE, AGGREGATE, FAILED, FINISHED, PREPARE, PRUNED, SKIPPED, SUCCEEDED, WAITING,
+                             Decision, Schedule)
 from common.status import NUMBERS, is_finished, status_rows
 from common.store import FileStore, Store, join, open_store
 from common.table import Screen, render
@@ -38,7 +38,7 @@ TERM_GRACE_S = 120  # a variant needs a moment after SIGTERM to checkpoint its l
 RETRY_BASE_S, RETRY_CAP_S = 10.0, 360.0  # Kubernetes' pod backoff: 10 s, doubled per retry, at most 6 min
 # a step's state here -> the schedule's (a step waiting out its retry backoff keeps its slot: active)
 CORE = {"queued": WAITING, "running": ACTIVE, "retrying": ACTIVE, "ok": SUCCEEDED, "failed": FAILED,
-        "skipped": SKIPPED}
+        "skipped": SKIPPED, "pruned": PRUNED}
 
 
 def retry_delay(attempt: int) -> float:
@@ -152,7 +152,7 @@ class Step:
     variant: str | None
     argv: list[str]
     log: Path
-    state: str = "queued"  # queued | skipped | running | retrying | ok | failed (CORE: the schedule's words)
+    state: str = "queued"  # queued | skipped | running | retrying | ok | failed | pruned (CORE: the schedule's)
     returncode: int | None = None
     started: float | None = None
     ended: float | None = None
@@ -263,6 +263,9 @@ class Progress:
                  f"{step.name}: starting (log {step.log})")
 
     def ended(self, step: Step) -> None:
+        if step.state == "pruned":
+            self.say(f"{step.variant}: pruned after {step.seconds:.0f}s (stopped early by its search)")
+            return
         ok, see = step.state == "ok", "" if step.state == "ok" else f"; see {step.log}"
         if step.variant:
             self.say(f"{step.variant}: {'finished' if ok else 'FAILED'} after {step.seconds:.0f}s "
@@ -314,6 +317,7 @@ class Executor:
         self.retries = sweep.kubernetes.backoff_limit  # as many restarts after exit 75 as a Job gets
         self.run_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.schedule, self._finished = Schedule(sweep.names, self.parallel), None
+        self.search = None  # the searches' driver (common/search.py) while `run` drives them
 
     def step(self, job: str, variant: str | None) -> Step:
         argv = job_argv(self.sweep, job, self.config_path, variant, self.store.uri, self.source)
@@ -358,6 +362,8 @@ class Executor:
                           f"{self.retries} in {retry_delay(step.retries):.0f}s, resuming from its checkpoint")
             return False
         step.state = "ok" if step.returncode == 0 else "failed"
+        if step.state == "ok" and self.search and self.search.stopped(step.variant):
+            step.state = "pruned"
         return True
 
     def due(self, step: Step) -> None:
@@ -384,14 +390,31 @@ class Executor:
             self.start(step, min(set(range(self.parallel)) - busy) if step.variant else None)
             self.live.started(step)
 
+    def add(self, steps: dict[str, Step], variant: Variant, state: str = "queued") -> None:
+        """A search's trial joins the sweep: a step, a place in the schedule and in the status table."""
+        if variant.name not in self.sweep.names:
+            self.sweep.variants.append(variant)
+        steps[variant.name] = self.step(variant.job, variant.name)
+        steps[variant.name].state = state
+        if variant.name not in self.schedule.variants:
+            self.schedule.add(variant.name)
+
+    def searching(self, steps: dict[str, Step]) -> None:
+        """The searches' pass: report epochs, prune at rungs, tell ended trials, ask new ones (they queue)."""
+        trials = {n: CORE[s.state] for n, s in steps.items() if s.variant and self.search.owns(n)}
+        for variant in self.search.poll(trials):
+            self.add(steps, variant)
+
     def loop(self, steps: dict[str, Step]) -> Decision:
         """Observe (reap and retry the processes), ask the schedule, act; until the sweep is over."""
-        variants = [s for s in steps.values() if s.variant]
         while True:
-            for s in steps.values():
+            for s in list(steps.values()):
                 self.due(s)
                 if self.reap(s):
                     self.live.ended(s)
+            if self.search:
+                self.searching(steps)
+            variants = [s for s in steps.values() if s.variant]
             codes = {n: s.returncode for n, s in steps.items() if s.state == "failed"}
             decision = self.schedule.decide({n: CORE[s.state] for n, s in steps.items()}, self.finished(steps),
                                             codes)
@@ -403,8 +426,20 @@ class Executor:
             time.sleep(0.25)
 
     def run(self) -> SweepRun:
+        if not self.sweep.searches:
+            return self._run()
+        from common.search import Driver
+
+        with Driver(self.store, self.sweep, self.live.say) as self.search:
+            return self._run()
+
+    def _run(self) -> SweepRun:
         t0 = time.monotonic()
         steps = {variant or job: self.step(job, variant) for job, variant in sweep_steps(self.sweep)}
+        if self.search:  # the trials of earlier runs: resumed, skipped when finished, or ended as they were
+            ended = self.search.ended()
+            for variant in self.search.known():
+                self.add(steps, variant, ended.get(variant.name, "queued"))
         self.live.say(f"sweep {self.sweep.name}: {len(self.sweep.variants)} variants, {self.parallel} at a time, "
                       f"{self.kind} executor, store {self.store.uri}")
         previous = signal.signal(signal.SIGTERM, _raise_terminated)

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from common import lease, shards
 from common.augment import AugmentingTrainer, train_boxes
-from common.checkpoint import StoreCheckpoint, load_arrays
+from common.checkpoint import StoreCheckpoint, TrialStopper, load_arrays
 from common.config import Sweep, Variant
 from common.data import SPLITS
 from common.errors import AquariumError, BadInput, Interrupted, TransientError
@@ -409,8 +409,9 @@ def _run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool, held
             model = build_model(store, variant, len(data.classes), workdir)
         else:
             log.info("%s: resuming after epoch %d", variant.name, state["epoch"])
+        stopper = trial_stopper(reporter, sweep, variant)
         started = time.perf_counter()
-        while True:
+        while not (stopper and stopper.told_to_stop(state["epoch"] if state else 0)):
             # Train this phase: EarlyStopping (from the last phase on), ReduceLROnPlateau and the store checkpoint
             # (last) after every epoch
             first, phase = state["epoch"] if state else 0, phase_at(variant, state["epoch"] if state else 0)
@@ -420,15 +421,20 @@ def _run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool, held
             reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=variant.lr_factor,
                                                           patience=variant.lr_patience, min_lr=variant.min_lr)
             checkpoint = reporter.checkpoint = StoreCheckpoint(reporter, early_stop, reduce_lr, state)
-            fit(model, data, variant, [early_stop, reduce_lr, checkpoint], initial_epoch=first, epochs=phase.end)
+            fit(model, data, variant, [early_stop, reduce_lr, checkpoint, *([stopper] if stopper else [])],
+                initial_epoch=first, epochs=phase.end)
             checkpoint.flush()
-            if phase.end >= variant.epochs:
+            if phase.end >= variant.epochs or (stopper and stopper.stopped_at):
                 break
             # The next phase starts exactly as a resumed run would: from the checkpoint just written
             model, state = load_checkpoint(store, prefix, variant, len(data.classes), workdir)
             log.info("%s: phase of epochs %d-%d done; next: %s backbone layers trainable", variant.name,
                      phase.start + 1, phase.end, phase_at(variant, state["epoch"]).trainable_layers)
         fit_seconds = time.perf_counter() - started
+        if stopper and stopper.stopped_at:  # stopped by its search: pruned, exit 0, the checkpoint kept
+            reporter.update(phase="pruned", epoch=stopper.stopped_at, finished_at=now(), exit_code=0)
+            reporter.upload_log()
+            return {"pruned": True, "epoch": stopper.stopped_at}
         # Evaluate on val and test with the best epoch's weights
         reporter.update(phase="evaluating")
         net = inference_model(model.net, variant)
@@ -441,6 +447,16 @@ def _run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool, held
         # Publish: model, predictions, metrics, status, job.log -- and `_SUCCESS` last
         publish(reporter, net, predictions, metrics)
         return metrics
+
+
+def trial_stopper(reporter: Reporter, sweep: Sweep, variant: Variant) -> TrialStopper | None:
+    """A search's trial listens for its driver's verdicts after every epoch (common/search.py); others: None."""
+    if not sweep.searches:
+        return None
+    from common.search import rungs, search_of
+
+    search = search_of(sweep, variant.name)
+    return TrialStopper(reporter, rungs(search, variant.epochs)) if search else None
 
 
 def write_config(store: Store, sweep: Sweep, variant: Variant, data: Data) -> None:

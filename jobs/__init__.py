@@ -74,14 +74,21 @@ config_option = click.option("--config", "config_path", default="sweep.yaml", sh
 store_option = click.option("--store", default=None, help="store URI; overrides the spec's `store`")
 
 
-def open_sweep(config_path: str, **overrides):
+def open_sweep(config_path: str, trials: bool = True, **overrides):
     """The sweep spec with the command line's overrides applied (`config.resolve`: --store wins over `store:`,
-    the S3 endpoint decided once), and its store."""
+    the S3 endpoint decided once), and its store. A sweep with searches gets the trials asked so far as variants
+    (`search.with_trials`), so every job, `status` and `aggregate` see them like the spec's own; `trials=False`
+    for the drivers (they replay the journal themselves) and `plan` (offline)."""
     from common.config import load_sweep, resolve
     from common.store import open_store
 
     sweep = resolve(load_sweep(config_path), **overrides)
-    return sweep, open_store(sweep.store, sweep.endpoint)
+    store = open_store(sweep.store, sweep.endpoint)
+    if sweep.searches and trials:
+        from common.search import with_trials
+
+        sweep = with_trials(store, sweep)
+    return sweep, store
 
 
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process that SIGPIPE ended: `cat`, `grep` ... | head

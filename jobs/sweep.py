@@ -33,7 +33,7 @@ def run(config_path, store, kind, max_parallel, source, image):
 
     from common.executor import run_sweep
 
-    sweep, _ = open_sweep(config_path, store=store, source=source, image=image)
+    sweep, _ = open_sweep(config_path, trials=False, store=store, source=source, image=image)
     sys.exit(run_sweep(sweep, config_path, kind, max_parallel).exit_code)
 
 
@@ -93,7 +93,7 @@ def _checked_manifests(config_path, **overrides):
 
     from common import k8s
 
-    sweep, _ = open_sweep(config_path, **overrides)
+    sweep, _ = open_sweep(config_path, trials=False, **overrides)
     text = Path(config_path).read_text()
     manifests = k8s.render(sweep, text)
     errors, warnings = k8s.plan_problems(sweep, manifests, config_path)

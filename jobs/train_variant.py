@@ -29,7 +29,9 @@ def variant_command(kind: str, name: str, summary: str) -> click.Command:
             raise BadInput(f"variant {variant_name!r} is of kind {variant.kind!r}: run `aquarium {variant.job}`")
         from common.train import run_variant  # TensorFlow loads only once the arguments are known to be good
         result = run_variant(target, sweep, variant, force=force)
-        if result.get("skipped"):
+        if result.get("pruned"):
+            click.echo(f"{variant_name}: pruned after epoch {result['epoch']} (stopped early by its search)")
+        elif result.get("skipped"):
             click.echo(f"{variant_name}: skipped (already finished with config {variant.config_hash})")
         else:
             click.echo(f"{variant_name}: val accuracy {result['val_accuracy']:.4f}, "
