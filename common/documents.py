@@ -109,6 +109,42 @@ img{max-width:100%;height:auto;display:block;margin:8px 0}
 """
 
 
+def search_rows(rows: list[dict]) -> list[dict]:
+    """A search's table as text cells: parameters to 3 significant digits, val accuracy to 3 decimals."""
+    def cell(k, v):
+        if k == "val_accuracy":
+            return "" if v is None else f"{v:.3f}"
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return [{k: cell(k, v) for k, v in r.items()} for r in rows]
+
+
+def searches_html(summary: dict, images: dict[str, bytes]) -> str:
+    """One section per search: its trials' table and the picture of val accuracy against each parameter."""
+    parts = []
+    for name, rows in (summary.get("searches") or {}).items():
+        cells = search_rows(rows)
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in (cells[0] if cells else {}))
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r.values()) + "</tr>" for r in cells)
+        parts.append(f"<section id='s-{html.escape(name)}'><h2>Search {html.escape(name)}</h2>"
+                     f"<div class='scroll'><table class='search'><thead><tr>{head}</tr></thead><tbody>{body}"
+                     "</tbody></table></div><p class='note'>epochs: how far each trial trained; pruned trials were "
+                     "stopped at a rung by successive halving / Hyperband. Its best trial competes in the "
+                     "leaderboard above.</p>" + _img(f"search_{name}.png", images, f"search {name}") + "</section>")
+    return "".join(parts)
+
+
+def searches_markdown(summary: dict) -> list[str]:
+    lines = []
+    for name, rows in (summary.get("searches") or {}).items():
+        cells = search_rows(rows)
+        if cells:
+            lines += [f"## Search {name}", "", "| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+            lines += ["| " + " | ".join(r.values()) + " |" for r in cells] + ["", f"![search_{name}.png]"
+                                                                                f"(search_{name}.png)", ""]
+    return lines
+
+
 def _img(name: str, images: dict[str, bytes], alt: str) -> str:
     if name not in images:
         return ""
@@ -142,7 +178,7 @@ def render_html(summary: dict, board: pd.DataFrame, results: list[VariantResult]
         "ranking uses validation only.</p>",
         _img("accuracy.png", images, "validation and test accuracy per variant"),
         f"<h3>Not finished</h3><ul>{missing}</ul>" if missing else "", "</section>",
-        robustness_html(summary),
+        robustness_html(summary), searches_html(summary, images),
     ]
     for r in results:
         body = "".join(_img(f, images, f) for f in
@@ -174,7 +210,7 @@ def render_markdown(summary: dict, board: pd.DataFrame, results: list[VariantRes
     if rows:
         lines += ["| " + " | ".join(COPY_HEADINGS.values()) + " |", "|" + "---|" * len(COPY_HEADINGS)]
         lines += ["| " + " | ".join(row[k] for k in COPY_HEADINGS) + " |" for row in rows] + [""]
-    lines += [ROBUSTNESS, ""]
+    lines += [ROBUSTNESS, ""] + searches_markdown(summary)
     for name in ("accuracy.png", "best_per_class.png"):
         if name in images:
             lines += [f"![{name}]({name})", ""]

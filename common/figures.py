@@ -140,3 +140,28 @@ def pictures(results: list[VariantResult], best: VariantResult, board: pd.DataFr
             if matrix and r.classes:
                 out[f"confusion_{r.name}_{split}.png"] = png(confusion_figure(matrix, r.classes, f"{r.name} {split}"))
     return out
+
+
+def search_figure(search, rows: list[dict]):
+    """A search's validation accuracy against each parameter: one panel per parameter, a point per trial; pruned
+    trials hollow (their best val accuracy before they were stopped), finished ones filled."""
+    keys = list(search.space)
+    fig = _figure(3.2 * len(keys) + 0.6, 3.0)
+    axes = np.atleast_1d(fig.subplots(1, len(keys), sharey=True))
+    for ax, key in zip(axes, keys):
+        choices = search.space[key].choice
+        for state, style in ((FINISHED, {"color": "tab:blue"}), ("pruned", {"facecolors": "none",
+                                                                            "edgecolors": "tab:orange"})):
+            shown = [r for r in rows if r["state"] == state and r["val_accuracy"] is not None]
+            x = [choices.index(r[key]) if choices else r[key] for r in shown]
+            ax.scatter(x, [r["val_accuracy"] for r in shown], label=state, **style)
+        if choices:
+            ax.set_xticks(range(len(choices)), [str(c) for c in choices])
+        if search.space[key].loguniform:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation accuracy")
+    axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(f"search {search.name}: {len(rows)} trials")
+    return fig

@@ -327,6 +327,24 @@ def summarise(sweep: Sweep, store: Store, results: list[VariantResult], best: Va
     }
 
 
+def search_tables(store: Store, sweep: Sweep) -> dict[str, list[dict]]:
+    """Per search, one row per trial: its parameters, the epochs it ran, its validation accuracy (the best epoch's;
+    of a pruned or running trial, the best so far) and its state (succeeded, pruned, running, failed)."""
+    from common.search import param_values, search_of
+
+    out = {}
+    for search in sweep.searches:
+        out[search.name] = []
+        for v in sweep.variants:
+            if search_of(sweep, v.name) is search:
+                seen = status.read(store, sweep, v)
+                val = (seen.record or {}).get("val_accuracy") if seen.finished else seen.status.get("best_val_accuracy")
+                out[search.name].append({"trial": v.name, **param_values(v, search),
+                                         "epochs": seen.status.get("epoch") or 0, "val_accuracy": val,
+                                         "state": seen.state})
+    return out
+
+
 def write_report(store: Store, sweep: Sweep, results: list[VariantResult], best: VariantResult,
                  robust: dict) -> dict:
     """report.html, report.md, leaderboard.csv, report.json and the PNGs under `<sweep>/report/`, `_SUCCESS` last."""
@@ -335,9 +353,12 @@ def write_report(store: Store, sweep: Sweep, results: list[VariantResult], best:
 
     board = leaderboard(results, robust)
     summary = summarise(sweep, store, results, best, board, robust)
-    from common.figures import pictures  # matplotlib only where pictures are drawn
+    summary["searches"] = search_tables(store, sweep)
+    from common.figures import png, pictures, search_figure  # matplotlib only where pictures are drawn
 
     images = pictures(results, best, board)
+    for search in sweep.searches:
+        images[f"search_{search.name}.png"] = png(search_figure(search, summary["searches"][search.name]))
     store.delete_prefix(prefix)  # a stale report (and its _SUCCESS) must never sit next to a new one
     for name, data in images.items():
         store.put_bytes(join(prefix, name), data)

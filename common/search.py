@@ -462,14 +462,18 @@ class Driver:
         return new
 
 
-def summary(variant: Variant, sweep: Sweep) -> str:
-    """A trial's parameters, short: `learning_rate=0.0031, augment.frame=0.3`."""
-    search = search_of(sweep, variant.name)
-    dumped = variant.model_dump()
-    values = []
+def param_values(variant: Variant, search: Search) -> dict:
+    """A trial's point of the space: {"learning_rate": 0.0031, "augment.frame": 0.3}."""
+    out = {}
     for key in search.space:
-        value = dumped
+        value = variant.model_dump()
         for part in key.split("."):
             value = value[part]
-        values.append(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}")
-    return ", ".join(values)
+        out[key] = value
+    return out
+
+
+def summary(variant: Variant, sweep: Sweep) -> str:
+    """A trial's parameters, short: `learning_rate=0.0031, augment.frame=0.3`."""
+    values = param_values(variant, search_of(sweep, variant.name)).items()
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values)

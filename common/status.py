@@ -151,7 +151,8 @@ def status_rows(store: Store, sweep: Sweep, processes: dict[str, str] | None = N
     for v in sweep.variants:
         seen = read(store, sweep, v)
         s = seen.status
-        row = {"variant": v.name, "phase": seen.phase, "epoch": f"{s.get('epoch') or 0}/{s.get('epochs') or v.epochs}",
+        phase = f"pruned at epoch {s.get('epoch')}" if seen.state == "pruned" else seen.phase  # a search's trial
+        row = {"variant": v.name, "phase": phase, "epoch": f"{s.get('epoch') or 0}/{s.get('epochs') or v.epochs}",
                "val acc": _fmt(s.get("val_accuracy")), "best val": _fmt(s.get("best_val_accuracy")),
                "elapsed": _elapsed(s), "done": seen.done}
         if processes is not None:

@@ -207,12 +207,16 @@ def render(sweep: Sweep, config_text: str) -> list[dict]:
     fw = _forwarded(sweep, config_text)
     out = [cm, _job(sweep, "prepare", "prepare", job_argv(sweep, "prepare", CONFIG_PATH, **fw), k.job_resources,
                     spec)]
-    for v in sweep.variants:
-        argv = job_argv(sweep, v.job, CONFIG_PATH, variant=v.name, store=fw["store"])
-        out.append(_job(sweep, v.name, "variant", argv, v.resources, spec, v))
+    out += [variant_job(sweep, v, config_text, spec) for v in sweep.variants]
     out.append(_job(sweep, "aggregate", "aggregate", job_argv(sweep, "aggregate", CONFIG_PATH, store=fw["store"]),
                     k.job_resources, spec))
     return out
+
+
+def variant_job(sweep: Sweep, variant: Variant, config_text: str, spec: str) -> dict:
+    """One variant's Job (also a search's trial, rendered when its driver asks it)."""
+    argv = job_argv(sweep, variant.job, CONFIG_PATH, variant=variant.name, store=_forwarded(sweep, config_text)["store"])
+    return _job(sweep, variant.name, "variant", argv, variant.resources, spec, variant)
 
 
 def driver_argv(sweep: Sweep) -> list[str]:

@@ -20,14 +20,14 @@ from common.errors import AquariumError, BadInput, TransientError
 from common.k8s.api import (ACTIVE, STATE_KEY, TERMINAL, Apis, Conflict, _call, failure_reason, job_state, list_jobs,
                             read_memory)
 from common.k8s.diagnose import Problem, Watchdog
-from common.k8s.manifests import (HASH_LABEL, SWEEP_LABEL, _identity, _labels, _step_of, job_name, render,
-                                  render_driver, state_name)
-from common.schedule import FAILED, SKIPPED, SUCCEEDED, WAITING, Decision, Schedule
+from common.k8s.manifests import (CONFIG_KEY, HASH_LABEL, SWEEP_LABEL, _identity, _labels, _step_of, job_name, render,
+                                  render_driver, state_name, variant_job)
+from common.schedule import FAILED, PRUNED, SKIPPED, SUCCEEDED, WAITING, Decision, Schedule
 from common.schedule import ACTIVE as STARTED
 
 # a Job's state (api.job_state) -> the schedule's
 CORE = {"NotSubmitted": WAITING, "Queued": STARTED, "Pending": STARTED, "Starting": STARTED, "Running": STARTED,
-        "Succeeded": SUCCEEDED, "Failed": FAILED, "Skipped": SKIPPED}
+        "Succeeded": SUCCEEDED, "Failed": FAILED, "Skipped": SKIPPED, "Pruned": PRUNED}
 
 
 @dataclass
@@ -147,6 +147,28 @@ class Submitter:
         self.skipped: dict[str, str] = {}  # step -> why the schedule skipped it
         self._saved: dict | None = None
         self._last_table = ""
+        self.search = None  # the searches' driver (common/search.py) while `run` drives them
+
+    def add(self, variant) -> None:
+        """A search's trial joins the sweep: its Job manifest, a step, a place in the schedule."""
+        if variant.name not in self.sweep.names:
+            self.sweep.variants.append(variant)
+        cm = self.manifests[0]
+        self.by_step[variant.name] = variant_job(self.sweep, variant, cm["data"][CONFIG_KEY], cm["metadata"]["name"])
+        if variant.name not in self.steps:
+            self.steps.insert(len(self.steps) - 1, variant.name)
+        if variant.name not in self.schedule.variants:
+            self.schedule.add(variant.name)
+
+    def searching(self, states: dict[str, str]) -> None:
+        """The searches' pass (report epochs, prune at rungs, tell ended trials, ask new ones); trials that ended
+        pruned (their Job succeeded) or failed earlier keep that state."""
+        for variant in self.search.poll({s: CORE[states[s]] for s in self.steps if self.search.owns(s)}):
+            self.add(variant)
+            states[variant.name] = "NotSubmitted"
+        for name, ended in self.search.ended().items():
+            if states.get(name) in ("NotSubmitted", "Succeeded"):
+                states[name] = "Pruned" if ended == PRUNED else "Failed"
 
     def finished_in_store(self) -> set[str]:
         return self.markers.finished()
@@ -205,6 +227,8 @@ class Submitter:
         check_conflicts(self.sweep, jobs)
         apply_configmap(self.apis, self.manifests[0])
         states = self.states(jobs, read_memory(self.sweep, self.apis) if self._saved is None else self._saved)
+        if self.search:
+            self.searching(states)
         decision = self.advance(states)
         problems = self.watchdog.diagnose({s: jobs[s] for s in self.steps if s in jobs and states[s] in ACTIVE})
         self.remember(jobs, states, problems)
@@ -223,6 +247,20 @@ class Submitter:
             raise BadInput(fatal[0].text)
 
     def run(self, watch: bool = True, max_passes: int | None = None) -> SubmitResult:
+        """Reconcile until the sweep ends (or once, without watch). A sweep with searches drives them meanwhile,
+        holding their lease; the trials of earlier drivers (the journal's) join first."""
+        if not self.sweep.searches:
+            return self._run(watch, max_passes)
+        from common.search import Driver
+        from common.store import open_store
+
+        store = self.markers.store or open_store(self.sweep.store, self.sweep.endpoint)
+        with Driver(store, self.sweep, self.echo) as self.search:
+            for variant in self.search.known():
+                self.add(variant)
+            return self._run(watch, max_passes)
+
+    def _run(self, watch: bool, max_passes: int | None) -> SubmitResult:
         passes = 0
         while True:
             result = self.reconcile()
