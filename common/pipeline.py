@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from common.config import CLASSES, Variant
+from common.config import Variant
 
 RATIOS = (8, 4, 2, 1)  # libjpeg's DCT-domain downscaling factors
 
@@ -126,8 +126,9 @@ def cut_frame(image: tf.Tensor, tolerance: float, max_share: float, outliers: fl
     return image[top:height - bottom, left:width - right]
 
 
-def class_table(classes=CLASSES) -> tf.lookup.StaticHashTable:
-    """Class name -> label index, the seed's `tf.lookup` table; unknown names map to -1."""
+def class_table(classes) -> tf.lookup.StaticHashTable:
+    """Class name -> label index (the dataset's classes in label order: no default, the classes come from the
+    data or the spec), the seed's `tf.lookup` table; unknown names map to -1."""
     keys = tf.constant(list(classes))
     values = tf.range(len(classes), dtype=tf.int32)
     return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=-1)
@@ -142,8 +143,8 @@ def photo_bytes(jpegs: Iterable[bytes] | list[str]) -> tf.data.Dataset:
     return tf.data.Dataset.from_generator(lambda: iter(jpegs), output_signature=tf.TensorSpec([], tf.string))
 
 
-def materialise(jpegs: Iterable[bytes] | list[str], class_names: list[str], size: int, fast: bool = True,
-                classes=CLASSES, batch: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def materialise(jpegs: Iterable[bytes] | list[str], class_names: list[str], size: int, fast: bool = True, *,
+                classes, batch: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Decode, pad and resize photos in parallel with tf.data, as a stream of batches in input order:
     (uint8 [B,S,S,3], int32 labels [B], float32 content boxes [B,4]).
 

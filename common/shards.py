@@ -17,6 +17,7 @@ at most `shard_mb` of pixels (100 MB: big enough for sequential reads, small eno
 from __future__ import annotations
 
 import functools
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,11 @@ def per_shard(size: int, shard_mb: float = SHARD_MB) -> int:
 
 
 class ShardWriter:
-    """Writes one size's records split by split into shards of `per_shard` photos: each shard is written to a
-    local file, uploaded (the store writes through a temporary name) and deleted before the next one starts, so
-    memory and local disk hold one shard at most. `finish` writes index.json, then `_SUCCESS`."""
+    """Writes one size's records split by split into shards of `per_shard` photos. Each finished shard is moved
+    into the store by a background thread while the next one is written (a folder store renames it, S3 uploads
+    it; `Store.move_in`), so writing never waits for storage and memory holds one record, local disk two shards
+    at most. `finish` writes index.json, then `_SUCCESS`. Use it as a context manager: leaving waits for the
+    shard still moving (an error mid-way must not leave a thread writing into a deleted folder)."""
 
     def __init__(self, store: Store, base: str, size: int, classes: list[str], workdir: Path,
                  shard_mb: float = SHARD_MB):
@@ -73,6 +76,22 @@ class ShardWriter:
         self.writer: tf.io.TFRecordWriter | None = None
         self.current: dict | None = None
         self.split: str | None = None
+        self.mover = ThreadPoolExecutor(1, thread_name_prefix="shard-mover")
+        self.moving: Future | None = None  # the previous shard on its way into the store
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        try:
+            if self.writer is not None:
+                self.writer.close()
+            if kind is None:
+                self._moved()
+            elif self.moving is not None:
+                self.moving.exception()  # wait; the error already on its way matters more than this one
+        finally:
+            self.mover.shutdown(wait=True)
 
     def add(self, split: str, image: np.ndarray, label: int, filename: str, box) -> None:
         if split != self.split or self.current["images"] == self.capacity:
@@ -96,15 +115,23 @@ class ShardWriter:
         if self.writer is None:
             return
         self.writer.close()
+        self.writer = None
         local = self.workdir / self.current["file"]
         self.current["bytes"] = local.stat().st_size
-        self.store.upload(join(self.base, self.current["file"]), local)
-        local.unlink()
-        self.writer = None
+        self._moved()  # one shard in flight at most: local disk stays bounded
+        self.moving = self.mover.submit(self.store.move_in, join(self.base, self.current["file"]), local)
+
+    def _moved(self) -> None:
+        """Wait for the shard on its way into the store; its error (store full, network) is raised here."""
+        moving, self.moving = self.moving, None
+        if moving is not None:
+            moving.result()
 
     def finish(self, splits: tuple[str, ...], marker: dict) -> dict:
         """Close the last shard, write index.json, then `_SUCCESS` (with `marker` and the images per split)."""
         self._close_shard()
+        self._moved()
+        self.mover.shutdown()
         for split in splits:  # an empty split still has an entry: a reader then finds no shards, not a KeyError
             self.splits.setdefault(split, {"images": 0, "classes": dict.fromkeys(self.classes, 0), "shards": []})
         index = {"format": FORMAT, "size": self.size, "classes": self.classes,

@@ -15,6 +15,7 @@ readers check `is_complete` before trusting a prefix, so a half-written result n
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -85,6 +86,12 @@ class Store:
     def put_bytes(self, key: str, data: bytes) -> None: raise NotImplementedError
     def get_bytes(self, key: str) -> bytes: raise NotImplementedError  # KeyError if missing
     def upload(self, key: str, path: str | Path) -> None: raise NotImplementedError
+
+    def move_in(self, key: str, path: str | Path) -> None:
+        """`upload`, then delete the local file: for files written only to be stored (prepare's shards)."""
+        self.upload(key, path)
+        Path(path).unlink()
+
     def download(self, key: str, path: str | Path) -> None: raise NotImplementedError  # KeyError if missing
     def exists(self, key: str) -> bool: raise NotImplementedError
     def list(self, prefix: str) -> list[str]: raise NotImplementedError  # every key under prefix, sorted
@@ -189,6 +196,19 @@ class FileStore(Store):
     def upload(self, key, path):
         with self._os_errors(), self._atomic(key) as f, open(path, "rb") as src:
             shutil.copyfileobj(src, f, 1 << 20)
+
+    def move_in(self, key, path):
+        """A rename when the file is on the store's filesystem: a shard is never copied (a copy otherwise)."""
+        with self._os_errors():
+            target = self._path(key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, 0o644)
+            try:
+                return os.replace(path, target)  # atomic: readers see the whole file or none
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+        super().move_in(key, path)
 
     def download(self, key, path):
         src = self._path(key)

@@ -596,3 +596,51 @@ def test_a_detached_sweep_completes_with_nothing_of_ours_outside_the_cluster(clu
     assert all(j.status.succeeded == 1 for j in jobs.values()), [(n, j.status) for n, j in jobs.items()]
     report = store(bucket, "detached").get_json("sweeps/detached/report/report.json")
     assert {row["variant"] for row in report["leaderboard"]} == set(sweep.names), report
+
+
+# ---------------------------------------------------------------------------------------------- issue 20: other classes
+
+def test_a_dataset_of_three_other_classes_runs_in_pods_and_predict_names_them(cluster, namespace, bucket, tmp_path):
+    """Issue 20's done-when in real pods: a COCO export of hard hats, vests and gloves (test_formats' photos),
+    smoke.yaml without its aquarium classes and with its two CNNs only (little CPU). The prepare pod takes the
+    classes from the data; the report's tables and `predict` name those three classes and no aquarium animal."""
+    import boto3
+    from test_formats import coco, three_class_splits, write
+
+    splits = three_class_splits(counts=(24, 12, 12))
+    zip_path = write(tmp_path / "ppe.zip", coco(splits))
+    boto3.client("s3", endpoint_url=ENDPOINT, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").upload_file(str(zip_path), bucket, "datasets/ppe.zip")
+    doc = yaml.safe_load((ROOT / "smoke.yaml").read_text())
+    del doc["dataset"]["classes"]
+    doc.update(name="ppe", variants=[v for v in doc["variants"] if v.get("kind", "cnn") == "cnn"])
+    config = tmp_path / "ppe.yaml"
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    ns = namespace()
+    run = aquarium(["sweep", "submit", "--config", str(config), "--namespace", ns.name, "--store",
+                    f"s3://{bucket}/ppe", "--source", f"s3://{bucket}/datasets/ppe.zip", "--endpoint", ENDPOINT,
+                    "--poll-seconds", "2"], ns.kubeconfig, timeout=1200)
+    assert run.code == 0, run
+    jobs = cluster.batch.list_namespaced_job(ns.name).items
+    assert sorted(j.metadata.name for j in jobs) == ["ppe-aggregate", "ppe-cnn-a", "ppe-cnn-b", "ppe-prepare"]
+    assert all(j.status.succeeded == 1 for j in jobs), [(j.metadata.name, j.status) for j in jobs]
+
+    classes, aquarium_names = ["glove", "hardhat", "vest"], ("fish", "penguin", "puffin", "shark", "stingray")
+    st = store(bucket, "ppe")
+    assert st.get_json("data/classes.json") == classes
+    for name in ("cnn-a", "cnn-b"):
+        metrics = st.get_json(f"sweeps/ppe/variants/{name}/metrics.json")
+        assert metrics["classes"] == classes and len(metrics["test"]["confusion"]) == 3, name
+    report_md = st.get_text("sweeps/ppe/report/report.md")
+    assert all(f"| {c} |" in report_md for c in classes), report_md  # the best model's per-class table
+    assert not any(a in report_md for a in aquarium_names), report_md
+    assert st.get_json("sweeps/ppe/best/model_card.json")["classes"] == classes
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(splits["test"][0]["test-000.jpg"])
+    pred = aquarium(["predict", "--model", "best", "--config", str(config), "--store", f"s3://{bucket}/ppe",
+                     str(photo)], ns.kubeconfig, timeout=300)
+    assert pred.code == 0, pred
+    head, row = pred.out.strip().splitlines()
+    assert head == "file,predicted,p_glove,p_hardhat,p_vest" and row.split(",")[1] in classes, pred
+# ---------------------------------------------------------------------------------------------- end of issue 20

@@ -389,6 +389,37 @@ def test_real_zip_in_every_format_gives_the_csv_labels(real_zip, tmp_path):
         assert store.get_json("data/counts.json") == base.get_json("data/counts.json")
 
 
+@pytest.mark.realdata
+@pytest.mark.parametrize("fmt", ["coco", "yolo", "folders"])
+def test_real_zip_converted_runs_the_smoke_sweep(fmt, real_zip, tmp_path):
+    """`make smoke` (its command: smoke.yaml, local executor) on the real photos converted at run time to COCO
+    JSON, YOLO or class folders (issue 20's done-when): prepare reads the export by content, every variant
+    trains, the report and model card name the seven classes. The labels themselves are the test above's."""
+    from helpers import ROOT, aquarium
+
+    from common.config import CLASSES
+    from common.data import labels
+
+    splits = read_tfcsv_zip(real_zip)
+    by_name = {(s, r[0]): None for s, (_, rows) in splits.items() for r in rows}
+    for split, name in by_name:  # folders: each photo under its dominant class (the CSV's label by construction)
+        boxes = [labels.Box(r[3], *r[4:]) for r in splits[split][1] if r[0] == name]
+        by_name[split, name] = labels.dominant(boxes, CLASSES)[0]
+    entries = {"coco": coco, "yolo": yolo}[fmt](splits) if fmt != "folders" else folders(splits, by_name)
+    zip_path = write(tmp_path / f"aquarium-{fmt}.zip", entries)
+    store_uri = f"file://{tmp_path / 'store'}"
+    run = aquarium("sweep", "run", "--config", ROOT / "smoke.yaml", "--executor", "local", "--source", zip_path,
+                   "--store", store_uri, cwd=tmp_path, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    store = open_store(store_uri)
+    assert store.get_json("data/fingerprint.json")["format"] == fmt  # read by content: no --format given
+    assert sum(store.get_json("data/fingerprint.json")["images"].values()) == 637
+    board = list(csv.DictReader(io.StringIO(store.get_text("sweeps/smoke/report/leaderboard.csv"))))
+    assert {"cnn-a", "cnn-b", "mnv3"} <= {r["variant"] for r in board}
+    assert store.get_json("sweeps/smoke/best/model_card.json")["classes"] == list(CLASSES)
+    assert all(f"| {c} |" in store.get_text("sweeps/smoke/report/report.md") for c in CLASSES)
+
+
 @pytest.mark.parametrize("classes,message", [
     (["cat"], "at least two classes"), (["cat", "dog", "cat"], "class 'cat' is listed twice"),
     (["cat", "a/b"], "cannot be a folder name"), (["cat", " dog"], "surrounding spaces")])

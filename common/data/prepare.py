@@ -5,7 +5,7 @@ its split files, and `<prefix>/_SUCCESS` last, so a crash anywhere leaves a pref
 
 Memory does not grow with the number of photos: photos stay on disk (the unpacked zip, or the store), only
 their sha256 is held, and tensors are decoded a few batches at a time straight into TFRecord shards
-(`common.shards`), each shard uploaded before the next is written.
+(`common.shards`), each shard moved into the store while the next is written.
 
 Reruns are cheap. The `_SUCCESS` record holds the zip's sha256, the synthesize flag, the fingerprint and the
 sizes; when they match, nothing is written ("already prepared"), and a newly requested size is materialised
@@ -15,11 +15,14 @@ from the images already in the store. A *different* complete dataset is never ov
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import hashlib
+import importlib
 import io
 import json
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -112,6 +115,7 @@ def prepare(opts: Options, log=_log) -> dict:
         sha = src.verify_sha256(zip_path, opts.sha256, opts.source)
         if job.same_zip(sha):
             return _one_writer(job, _complete_existing)
+        _import_tensorflow_meanwhile()
         items, skipped, classes, fmt = _read_zip(zip_path, Path(tmp), opts, log)
         # Synthesize, then fingerprint what a model trains on
         synthetic = _synthesized(items, classes, opts.synthesize, Path(tmp) / "synthesized", log)
@@ -123,6 +127,18 @@ def prepare(opts: Options, log=_log) -> dict:
                   "classes": list(classes), "format": fmt}
         # The photos are read from the unpacked zip while writing: the folder lives until then
         return _one_writer(job, lambda j: _write(j, items, labels_csv, skipped, record))
+
+
+def _import_tensorflow_meanwhile() -> None:
+    """Import TensorFlow (about 3 s of single-threaded Python) in a thread while the zip is unpacked and
+    validated: validation decodes in C with the GIL released, so on two cores the two overlap, and the tensor
+    step's own import finds the modules loaded (or waits for them). Not a daemon: a bad zip's exit waits for
+    the import rather than tearing TensorFlow down half-initialised."""
+    def load():
+        with contextlib.suppress(Exception):  # a failure shows again, with its traceback, in the tensor step
+            importlib.import_module("common.shards")
+
+    threading.Thread(target=load, name="import-tensorflow").start()
 
 
 def _one_writer(job: _Job, work) -> dict:
@@ -270,11 +286,10 @@ def _write_tensors(job: _Job, items, size: int, fingerprint: str, classes: list[
     store.delete_prefix(base)  # an unfinished run's shards, or the older layout's .npz files
     on_disk = all(i.path is not None and not i.jpeg for i in items)  # tf.data reads the files itself: faster
     photos = [str(i.path) for i in items] if on_disk else _read_ahead(photo, items)
-    with tempfile.TemporaryDirectory(prefix="aquarium-shards-") as tmp:
-        writer = ShardWriter(store, base, size, classes, Path(tmp), job.opts.shard_mb)
+    with tempfile.TemporaryDirectory(prefix="aquarium-shards-") as tmp, \
+            ShardWriter(store, base, size, classes, Path(tmp), job.opts.shard_mb) as writer:
         done = 0
-        for images, ids, boxes in materialise(photos, [i.label for i in items], size, fast,
-                                              classes=classes):
+        for images, ids, boxes in materialise(photos, [i.label for i in items], size, fast, classes=classes):
             if (ids < 0).any():
                 raise BadInput(f"{store.url(join(job.prefix, 'labels.csv'))} has a label outside {classes}: "
                                "rerun prepare with --force")
