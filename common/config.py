@@ -269,7 +269,7 @@ class Search(Strict):
     """A search: trials `<name>-<number>`, each the `base` variant with a point of the `space` (common/search.py)."""
 
     name: Annotated[str, k8s_name(36)]
-    base: str | dict = {}  # variant keys, or the name of a variant of this spec
+    base: str | dict = {}  # variant keys (`extends: NAME` among them: over that variant), or a variant's name
     space: dict[str, Param] = Field(min_length=1)  # variant key (nested: `augment.frame`) -> its range
     sampler: Literal["grid", "random", "tpe"] = "tpe"
     trials: int | None = Field(None, ge=1)  # default: the grid's size (grid only)

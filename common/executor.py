@@ -390,21 +390,6 @@ class Executor:
             self.start(step, min(set(range(self.parallel)) - busy) if step.variant else None)
             self.live.started(step)
 
-    def add(self, steps: dict[str, Step], variant: Variant, state: str = "queued") -> None:
-        """A search's trial joins the sweep: a step, a place in the schedule and in the status table."""
-        if variant.name not in self.sweep.names:
-            self.sweep.variants.append(variant)
-        steps[variant.name] = self.step(variant.job, variant.name)
-        steps[variant.name].state = state
-        if variant.name not in self.schedule.variants:
-            self.schedule.add(variant.name)
-
-    def searching(self, steps: dict[str, Step]) -> None:
-        """The searches' pass: report epochs, prune at rungs, tell ended trials, ask new ones (they queue)."""
-        trials = {n: CORE[s.state] for n, s in steps.items() if s.variant and self.search.owns(n)}
-        for variant in self.search.poll(trials):
-            self.add(steps, variant)
-
     def loop(self, steps: dict[str, Step]) -> Decision:
         """Observe (reap and retry the processes), ask the schedule, act; until the sweep is over."""
         while True:
@@ -412,8 +397,9 @@ class Executor:
                 self.due(s)
                 if self.reap(s):
                     self.live.ended(s)
-            if self.search:
-                self.searching(steps)
+            if self.search:  # report epochs, prune at rungs, tell ended trials, ask new ones (they queue)
+                for variant in self.search.poll({n: CORE[s.state] for n, s in steps.items() if self.search.owns(n)}):
+                    add_trial(self, steps, variant)
             variants = [s for s in steps.values() if s.variant]
             codes = {n: s.returncode for n, s in steps.items() if s.state == "failed"}
             decision = self.schedule.decide({n: CORE[s.state] for n, s in steps.items()}, self.finished(steps),
@@ -426,11 +412,10 @@ class Executor:
             time.sleep(0.25)
 
     def run(self) -> SweepRun:
-        if not self.sweep.searches:
-            return self._run()
-        from common.search import Driver
+        from common.search import Driver  # a sweep with searches drives them, holding their lease
 
-        with Driver(self.store, self.sweep, self.live.say) as self.search:
+        with Driver(self.store, self.sweep, self.live.say) if self.sweep.searches else contextlib.nullcontext() as \
+                self.search:
             return self._run()
 
     def _run(self) -> SweepRun:
@@ -439,7 +424,7 @@ class Executor:
         if self.search:  # the trials of earlier runs: resumed, skipped when finished, or ended as they were
             ended = self.search.ended()
             for variant in self.search.known():
-                self.add(steps, variant, ended.get(variant.name, "queued"))
+                add_trial(self, steps, variant, ended.get(variant.name, "queued"))
         self.live.say(f"sweep {self.sweep.name}: {len(self.sweep.variants)} variants, {self.parallel} at a time, "
                       f"{self.kind} executor, store {self.store.uri}")
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -473,6 +458,16 @@ class Executor:
                     os.killpg(s.proc.pid, signal.SIGKILL)
                 s.proc.wait()
             self.reap(s)
+
+
+def add_trial(executor: Executor, steps: dict[str, Step], variant: Variant, state: str = "queued") -> None:
+    """A search's trial joins the executor's sweep: a step, a place in the schedule and in the status table."""
+    if variant.name not in executor.sweep.names:
+        executor.sweep.variants.append(variant)
+    steps[variant.name] = executor.step(variant.job, variant.name)
+    steps[variant.name].state = state
+    if variant.name not in executor.schedule.variants:
+        executor.schedule.add(variant.name)
 
 
 def _raise_terminated(signum, frame):

@@ -78,10 +78,12 @@ def nest(params: dict) -> dict:
 
 
 def base_keys(sweep: Sweep, search: Search) -> dict:
-    """The base of the trials: a variant's resolved keys, or `defaults` merged with the base's own keys."""
-    if isinstance(search.base, str):
-        return sweep.variant(search.base).model_dump(exclude={"name"})
-    return deep_merge(sweep.defaults, search.base)
+    """The base of the trials: a variant's resolved keys (`base: NAME`, or `base: {extends: NAME, ...}` with keys
+    over it, as a variant's `extends:`), or `defaults` merged with the base's own keys."""
+    base = {"extends": search.base} if isinstance(search.base, str) else dict(search.base)
+    if "extends" in base:
+        return deep_merge(sweep.variant(base.pop("extends")).model_dump(exclude={"name"}), base)
+    return deep_merge(sweep.defaults, base)
 
 
 def trial_variant(sweep: Sweep, search: Search, number: int, params: dict) -> Variant:
@@ -151,8 +153,9 @@ def check_searches(sweep: Sweep, path: str) -> None:
         if clash:
             raise BadInput(f"{where}: variant {clash[0]!r} has the name of this search or one of its trials "
                            f"({s.name}-<number>): rename one of them")
-        if isinstance(s.base, str) and s.base not in sweep.names:
-            raise BadInput(f"{where}.base: no variant named {s.base!r}: name one of {', '.join(sweep.names)} "
+        parent = s.base if isinstance(s.base, str) else s.base.get("extends")
+        if parent is not None and parent not in sweep.names:
+            raise BadInput(f"{where}.base: no variant named {parent!r}: name one of {', '.join(sweep.names)} "
                            "or give variant keys")
         for key, param in s.space.items():
             if problem := _key_problem(key):
@@ -346,7 +349,7 @@ class SearchRun:
                 trial.report(value, step)
                 reported = step
                 if step in rungs(self.search, self.epochs) and trial.should_prune():
-                    self.study.tell(t.number, state=TrialState.PRUNED)
+                    self._tell(t.number, TrialState.PRUNED)
                     self.verdict(t, step, True)
                     return True
         if reported and self.judged.get(t.number) != reported:
