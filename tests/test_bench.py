@@ -29,3 +29,12 @@ def test_bench_input_quick_prints_both_tables(dataset_zip):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "| ours (issue 14): uint8 batches, augmentation in the train step | 224 |" in done.stdout
     assert "train step incl. augmentation" in done.stdout
+
+
+def test_bench_search_quick_compares_halving_with_the_same_trials_trained_to_the_end(dataset_zip):
+    done = bench("bench_search.py", "--zip", dataset_zip)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    halving, full = map(int, last.removeprefix("search: ").split(" ")[0].split("/"))
+    assert full == 4 * 3 and 4 <= halving <= full  # 4 trials of 3 epochs; each trial trains at least its first
+    assert "quick halving" in done.stdout and "same trials, full" in done.stdout
