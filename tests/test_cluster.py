@@ -644,3 +644,60 @@ def test_a_dataset_of_three_other_classes_runs_in_pods_and_predict_names_them(cl
     head, row = pred.out.strip().splitlines()
     assert head == "file,predicted,p_glove,p_hardhat,p_vest" and row.split(",")[1] in classes, pred
 # ---------------------------------------------------------------------------------------------- end of issue 20
+
+
+# ---------------------------------------------------------------------------------------------- issue 22: searches
+
+def test_a_search_runs_as_trial_jobs_prunes_and_survives_its_driver_pods_deletion(cluster, namespace, bucket,
+                                                                                  tmp_path):
+    """Issue 22 on the real cluster: a detached sweep with a 4-trial search (successive halving); the driver pod is
+    deleted once trials were asked, its Job's next pod takes the searches' lease over and carries on the study:
+    every trial a Job of its own, asked once, none lost; a hopeless trial stopped at the first rung (its Job
+    succeeded, state pruned); the report holds the search's table."""
+    search = {"name": "lr", "base": {"conv_layers": 3, "filters": [8, 16, 16], "dense_units": 16, "epochs": 3,
+                                     "steps_per_epoch": None},
+              "sampler": "grid", "max_parallel": 2, "seed": 0,
+              "space": {"learning_rate": {"choice": [0.003, 1.0e-7]}, "dropout": {"choice": [0.1, 0.4]}},
+              "early_stopping": {"method": "successive_halving", "min_epochs": 1, "reduction_factor": 2}}
+    doc = yaml.safe_load((ROOT / "smoke.yaml").read_text())
+    doc.update(name="search", variants=[v for v in doc["variants"] if v["name"] == "cnn-a"], searches=[search])
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    ns, st = namespace(), store(bucket, "search")
+    run = submit(config, ns, bucket, "--detach", timeout=300, prefix="search")
+    assert run.code == 0, run
+    journal = "sweeps/search/searches/lr/journal"
+
+    def asked() -> int:
+        return sum(e["op_code"] == 4 for k in st.list(journal) for e in st.get_json(k))
+
+    first = cluster.pods(ns.name, "batch.kubernetes.io/job-name=search-driver")[0].metadata.name
+    for _ in range(600):
+        if asked() >= 2:
+            break
+        time.sleep(1)
+    assert asked() >= 2
+    cluster.core.delete_namespaced_pod(first, ns.name)  # SIGTERM: no lease released, the next pod takes it over
+    for _ in range(1800):
+        driver = cluster.batch.read_namespaced_job("search-driver", ns.name)
+        if driver.status.succeeded or (driver.status.failed or 0) > 2:
+            break
+        time.sleep(1)
+    pods = [p.metadata.name for p in cluster.pods(ns.name, "batch.kubernetes.io/job-name=search-driver")]
+    log = cluster.core.read_namespaced_pod_log([p for p in pods if p != first][-1], ns.name)
+    assert driver.status.succeeded == 1, f"{driver.status}\n{log[-3000:]}"
+    assert "taking over the lease" in log, log[-3000:]
+
+    assert asked() == 4  # none asked twice, none lost
+    jobs = {j.metadata.name: j for j in cluster.batch.list_namespaced_job(ns.name).items}
+    trials = [f"search-lr-{i}" for i in range(4)]
+    assert set(trials) <= set(jobs), sorted(jobs)
+    assert all(jobs[t].status.succeeded == 1 for t in trials), [(t, jobs[t].status) for t in trials]
+    status = {t: st.get_json(f"sweeps/search/variants/{t[len('search-'):]}/status.json") for t in trials}
+    pruned = [t for t, s in status.items() if s["phase"] == "pruned"]
+    assert pruned and all(status[t]["epoch"] < 3 for t in pruned), status
+    assert any(s["phase"] == "succeeded" and s["epoch"] == 3 for s in status.values()), status
+    report = st.get_json("sweeps/search/report/report.json")
+    assert sorted(r["trial"] for r in report["searches"]["lr"]) == [f"lr-{i}" for i in range(4)], report
+    assert {r["state"] for r in report["searches"]["lr"] if f"search-{r['trial']}" in pruned} == {"pruned"}
+# ---------------------------------------------------------------------------------------------- end of issue 22
