@@ -143,22 +143,24 @@ def photo_bytes(jpegs: Iterable[bytes] | list[str]) -> tf.data.Dataset:
     return tf.data.Dataset.from_generator(lambda: iter(jpegs), output_signature=tf.TensorSpec([], tf.string))
 
 
-def materialise(jpegs: Iterable[bytes] | list[str], class_names: list[str], size: int, fast: bool = True, *,
-                classes, batch: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Decode, pad and resize photos in parallel with tf.data, as a stream of batches in input order:
-    (uint8 [B,S,S,3], int32 labels [B], float32 content boxes [B,4]).
+def materialise(jpegs: Iterable[bytes] | list[str], class_names: list[str], sizes: tuple[int, ...],
+                fast: bool = True, *, classes,
+                batch: int = 32) -> Iterator[tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]]:
+    """Decode, pad and resize photos in parallel with tf.data at every size of `sizes`, as a stream of batches in
+    input order: (int32 labels [B], {size: (uint8 [B,S,S,3], float32 content boxes [B,4])}).
 
-    `jpegs` (file paths, or bytes: `photo_bytes`) is read lazily, so memory holds a few batches whatever the
-    number of photos (`prepare` writes each batch to its shard before the next).
+    Each photo is read once and decoded once per size (each size at its own DCT-domain scale, `decode`: the same
+    pixels as a pass per size). `jpegs` (file paths, or bytes: `photo_bytes`) is read lazily, so memory holds a
+    few batches whatever the number of photos (`prepare` writes each batch to its shards before the next).
     """
     table = class_table(classes)
     photos = photo_bytes(jpegs)
     names = tf.data.Dataset.from_tensor_slices(tf.constant(list(class_names), tf.string))
     ds = tf.data.Dataset.zip(photos, names).map(
-        lambda jpeg, name: (*decode_pad_resize_box(jpeg, size, fast), table.lookup(name)),
+        lambda jpeg, name: (table.lookup(name), tuple(decode_pad_resize_box(jpeg, s, fast) for s in sizes)),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    for x, b, y in ds.batch(batch).prefetch(4):
-        yield x.numpy(), y.numpy().astype(np.int32), b.numpy()
+    for y, per_size in ds.batch(batch).prefetch(4):
+        yield y.numpy().astype(np.int32), {s: (x.numpy(), b.numpy()) for s, (x, b) in zip(sizes, per_size)}
 
 
 def batches_per_epoch(n: int, variant: Variant) -> int:

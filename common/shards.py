@@ -72,6 +72,7 @@ class ShardWriter:
                  shard_mb: float = SHARD_MB):
         self.store, self.base, self.size, self.classes, self.workdir = store, base, size, list(classes), workdir
         self.capacity = per_shard(size, shard_mb)
+        workdir.mkdir(parents=True, exist_ok=True)
         self.splits: dict[str, dict] = {}
         self.writer: tf.io.TFRecordWriter | None = None
         self.current: dict | None = None

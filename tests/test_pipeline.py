@@ -127,9 +127,10 @@ def test_content_box_is_where_the_photo_lies_in_its_padded_square():
     image, box = decode_pad_resize_box(tf.constant(jpeg(wide)), 32, fast=False)
     assert np.allclose(box.numpy(), [0.25, 0.0, 0.75, 1.0])
     assert image.numpy()[2, 16].max() < 10 and image.numpy()[16, 16].min() > 190  # bar above, photo inside
-    _, _, boxes = next(materialise([jpeg(wide), jpeg(wide.transpose(1, 0, 2).copy())], ["fish", "shark"], 32,
-                                classes=["fish", "shark"]))
-    assert np.allclose(boxes, [[0.25, 0, 0.75, 1], [0, 0.25, 1, 0.75]])
+    labels, per_size = next(materialise([jpeg(wide), jpeg(wide.transpose(1, 0, 2).copy())], ["fish", "shark"],
+                                        (32, 16), classes=["shark", "fish"]))
+    assert labels.tolist() == [1, 0] and np.allclose(per_size[32][1], [[0.25, 0, 0.75, 1], [0, 0.25, 1, 0.75]])
+    assert per_size[16][0].shape == (2, 16, 16, 3) and np.allclose(per_size[16][1], per_size[32][1])
 
 
 def test_frame_refill_changes_only_the_bars_and_varies_the_fill():

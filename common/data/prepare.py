@@ -18,11 +18,9 @@ import collections
 import contextlib
 import csv
 import hashlib
-import importlib
 import io
 import json
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -115,7 +113,6 @@ def prepare(opts: Options, log=_log) -> dict:
         sha = src.verify_sha256(zip_path, opts.sha256, opts.source)
         if job.same_zip(sha):
             return _one_writer(job, _complete_existing)
-        _import_tensorflow_meanwhile()
         items, skipped, classes, fmt = _read_zip(zip_path, Path(tmp), opts, log)
         # Synthesize, then fingerprint what a model trains on
         synthetic = _synthesized(items, classes, opts.synthesize, Path(tmp) / "synthesized", log)
@@ -127,18 +124,6 @@ def prepare(opts: Options, log=_log) -> dict:
                   "classes": list(classes), "format": fmt}
         # The photos are read from the unpacked zip while writing: the folder lives until then
         return _one_writer(job, lambda j: _write(j, items, labels_csv, skipped, record))
-
-
-def _import_tensorflow_meanwhile() -> None:
-    """Import TensorFlow (about 3 s of single-threaded Python) in a thread while the zip is unpacked and
-    validated: validation decodes in C with the GIL released, so on two cores the two overlap, and the tensor
-    step's own import finds the modules loaded (or waits for them). Not a daemon: a bad zip's exit waits for
-    the import rather than tearing TensorFlow down half-initialised."""
-    def load():
-        with contextlib.suppress(Exception):  # a failure shows again, with its traceback, in the tensor step
-            importlib.import_module("common.shards")
-
-    threading.Thread(target=load, name="import-tensorflow").start()
 
 
 def _one_writer(job: _Job, work) -> dict:
@@ -158,8 +143,7 @@ def _write(job: _Job, items, labels_csv: str, skipped, record: dict) -> dict:
             return _complete_existing(job)
         raise BadInput(_different(job, record["zip_sha256"]))
     record = _write_dataset(job, items, labels_csv, skipped, record)
-    for size in sizes:
-        _write_tensors(job, items, size, record["fingerprint"], record["classes"], _photo)
+    _write_tensors(job, items, sizes, record["fingerprint"], record["classes"], _photo)
     job.lease.check()
     store.mark_complete(prefix, {"fingerprint": record["fingerprint"], "sizes": list(sizes),
                                  "zip_sha256": record["zip_sha256"], "synthesize": job.opts.synthesize,
@@ -263,44 +247,49 @@ def _complete_existing(job: _Job) -> dict:
     items = [labels.Labelled(r["split"], r["filename"], r["label"], float(r["score"]), [])
              for r in csv.DictReader(io.StringIO(store.get_text(join(prefix, "labels.csv"))))]
     classes = store.get_json(join(prefix, "classes.json"))
-    for size in missing:
-        _write_tensors(job, items, size, done["fingerprint"], classes,
-                       lambda i: store.get_bytes(join(prefix, "images", i.split, i.label, i.filename)))
+    _write_tensors(job, items, tuple(missing), done["fingerprint"], classes,
+                   lambda i: store.get_bytes(join(prefix, "images", i.split, i.label, i.filename)))
     all_sizes = sorted(have | set(missing))
     store.mark_complete(prefix, {**done, "sizes": all_sizes})
     return _summary("added sizes", job, record, all_sizes, missing)
 
 
-def _write_tensors(job: _Job, items, size: int, fingerprint: str, classes: list[str], photo: Callable) -> None:
-    """tensors/<size>/ as TFRecord shards through common.pipeline (the one definition of decode/pad/resize):
-    photos are read by tf.data from their files (from a store: `photo(item)`, a few ahead), decoded and written a
-    batch at a time, so memory holds a few batches and one shard whatever the number of photos; index.json, then
-    `_SUCCESS`, last."""
+def _write_tensors(job: _Job, items, sizes: tuple[int, ...], fingerprint: str, classes: list[str],
+                   photo: Callable) -> None:
+    """tensors/<size>/ of every size as TFRecord shards through common.pipeline (the one definition of
+    decode/pad/resize), in one pass over the photos: each is read once -- by tf.data from its file, or from a
+    store by `photo(item)`, a few ahead -- decoded at each size in parallel, and written a batch at a time to
+    one ShardWriter per size, so memory holds a few batches and a shard per size whatever the number of photos.
+    Each size's index.json, then its `_SUCCESS`, last."""
     from common.pipeline import materialise  # TensorFlow: only when there is work
     from common.shards import ShardWriter
 
     t = time.monotonic()
-    store, fast = job.store, job.opts.fast
-    base = join(job.prefix, "tensors", str(size))
-    items = _ordered(items)
-    store.delete_prefix(base)  # an unfinished run's shards, or the older layout's .npz files
+    store, fast, items = job.store, job.opts.fast, _ordered(items)
+    bases = {s: join(job.prefix, "tensors", str(s)) for s in sizes}
+    for base in bases.values():
+        store.delete_prefix(base)  # an unfinished run's shards, or the older layout's .npz files
     on_disk = all(i.path is not None and not i.jpeg for i in items)  # tf.data reads the files itself: faster
     photos = [str(i.path) for i in items] if on_disk else _read_ahead(photo, items)
-    with tempfile.TemporaryDirectory(prefix="aquarium-shards-") as tmp, \
-            ShardWriter(store, base, size, classes, Path(tmp), job.opts.shard_mb) as writer:
+    with tempfile.TemporaryDirectory(prefix="aquarium-shards-") as tmp, contextlib.ExitStack() as writing:
+        writers = {s: writing.enter_context(ShardWriter(store, bases[s], s, classes, Path(tmp, str(s)),
+                                                        job.opts.shard_mb)) for s in sizes}
         done = 0
-        for images, ids, boxes in materialise(photos, [i.label for i in items], size, fast, classes=classes):
+        for ids, per_size in materialise(photos, [i.label for i in items], sizes, fast, classes=classes):
             if (ids < 0).any():
                 raise BadInput(f"{store.url(join(job.prefix, 'labels.csv'))} has a label outside {classes}: "
                                "rerun prepare with --force")
-            for image, label, box, item in zip(images, ids, boxes, items[done:done + len(ids)]):
-                writer.add(item.split, image, int(label), item.filename, box)
+            batch = items[done:done + len(ids)]
+            for size, (images, boxes) in per_size.items():
+                for image, label, box, item in zip(images, ids, boxes, batch):
+                    writers[size].add(item.split, image, int(label), item.filename, box)
             done += len(ids)
-        index = writer.finish(SPLITS, {"fingerprint": fingerprint, "fast": fast})
-    counts = {s: index["splits"][s]["images"] for s in SPLITS}
-    shards = sum(len(index["splits"][s]["shards"]) for s in SPLITS)
-    job.log(f"  tensors {size} px: {counts} in {shards} shards ({time.monotonic() - t:.1f} s, "
-            f"{'fast' if fast else 'full'} decode)")
+        indexes = {s: w.finish(SPLITS, {"fingerprint": fingerprint, "fast": fast}) for s, w in writers.items()}
+    for size, index in indexes.items():
+        shards = sum(len(index["splits"][s]["shards"]) for s in SPLITS)
+        job.log(f"  tensors {size} px: {({s: index['splits'][s]['images'] for s in SPLITS})} in {shards} shards")
+    job.log(f"  tensors at {', '.join(map(str, sizes))} px in one pass: {time.monotonic() - t:.1f} s "
+            f"({'fast' if fast else 'full'} decode)")
 
 
 def _read_ahead(photo: Callable, items, depth: int = 32):
