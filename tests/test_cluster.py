@@ -671,12 +671,16 @@ def test_a_search_runs_as_trial_jobs_prunes_and_survives_its_driver_pods_deletio
     def asked() -> int:
         return sum(e["op_code"] == 4 for k in st.list(journal) for e in st.get_json(k))
 
+    def trained() -> bool:  # a trial has checkpointed an epoch: the driver is judging it
+        return any(st.get_json(k).get("epoch") for k in st.list("sweeps/search/variants")
+                   if k.endswith("/status.json") and "/lr-" in k)
+
     first = cluster.pods(ns.name, "batch.kubernetes.io/job-name=search-driver")[0].metadata.name
-    for _ in range(600):
-        if asked() >= 2:
+    for _ in range(900):
+        if asked() >= 2 and trained():
             break
         time.sleep(1)
-    assert asked() >= 2
+    assert asked() >= 2 and trained()
     cluster.core.delete_namespaced_pod(first, ns.name)  # SIGTERM: no lease released, the next pod takes it over
     for _ in range(1800):
         driver = cluster.batch.read_namespaced_job("search-driver", ns.name)
