@@ -234,3 +234,30 @@ def test_the_recommended_search_fits_sweep_yaml():
         "mnv3s-search-23", "small", 128, 8, 1)
     assert (trial.optimizer, trial.augment.frame, trial.augment.border) == ("adam", 0.4, 0.3)
     assert rungs(search, trial.epochs) == [2, 6]
+
+
+def test_hyperband_prunes_through_the_same_driver(tmp_path):
+    """Hyperband (Optuna's HyperbandPruner: brackets of successive halving) on fake trials that report a fixed
+    val accuracy each epoch: some trials are stopped before the end, every trial is told, none asked twice."""
+    sweep = parse_sweep(spec({"early_stopping": {"method": "hyperband", "min_epochs": 1, "reduction_factor": 2},
+                              "trials": 8}))
+    store, states, asked, epoch = open_store(f"file://{tmp_path}"), {}, [], {}
+    for _ in range(40):
+        with Driver(store, sweep, say=lambda m: None) as driver:
+            new = driver.poll(states)
+            states.update(driver.ended())
+        asked += new
+        states.update({v.name: ACTIVE for v in new})
+        epoch.update({v.name: 0 for v in new})
+        for v in [v for v in asked if states[v.name] == ACTIVE]:  # one more epoch; done after 4
+            epoch[v.name] += 1
+            fake_epochs(store, sweep, [v], {v.name: int(v.name[3:]) % 3 / 10}, epoch[v.name])
+            if epoch[v.name] == 4:
+                store.mark_complete(sweep.variant_prefix(v.name), {"config_hash": v.config_hash,
+                                                                   "training_revision": 4, "val_accuracy": 0.5})
+                states[v.name] = SUCCEEDED
+        if len(asked) == 8 and ACTIVE not in states.values():
+            break
+    assert [v.name for v in asked] == [f"lr-{i}" for i in range(8)]
+    pruned = [n for n, s in states.items() if s == "pruned"]
+    assert pruned and all(epoch[n] < 4 for n in pruned) and SUCCEEDED in states.values(), (states, epoch)
