@@ -261,3 +261,41 @@ def test_hyperband_prunes_through_the_same_driver(tmp_path):
     assert [v.name for v in asked] == [f"lr-{i}" for i in range(8)]
     pruned = [n for n, s in states.items() if s == "pruned"]
     assert pruned and all(epoch[n] < 4 for n in pruned) and SUCCEEDED in states.values(), (states, epoch)
+
+
+def test_submit_drives_a_search_and_a_restarted_submitter_carries_on(tmp_path):
+    """The Kubernetes submitter (in-memory fake cluster of test_k8s): trials become Jobs as they are asked; a
+    submitter stopped mid-search and started again (as `submit` after Ctrl-C, or the driver's next pod) asks no trial
+    twice and loses none; the sweep ends when the last trial and aggregate have."""
+    from test_k8s import FakeCluster, resolved
+
+    from common import k8s
+
+    raw = yaml.safe_load((ROOT / "smoke.yaml").read_text())
+    raw["searches"] = [{"name": "lr", "base": "cnn-a", "sampler": "grid", "max_parallel": 2,
+                        "space": {"learning_rate": {"choice": [0.003, 0.01]}, "dropout": {"choice": [0.1, 0.4]}}}]
+    text, store, fake, lines = yaml.safe_dump(raw), open_store(f"file://{tmp_path}"), FakeCluster(runtime=2), []
+
+    def tick(_seconds=None):  # a minute of the fake cluster; a trial Job that succeeded wrote its result
+        fake.tick()
+        for (_, name), job in fake.jobs.items():
+            trial = name.removeprefix("smoke-")
+            if trial.startswith("lr-") and k8s.job_state(job) == "Succeeded":
+                v = sub.sweep.variant(trial)
+                store.mark_complete(sub.sweep.variant_prefix(trial), {"config_hash": v.config_hash,
+                                                                      "training_revision": 4, "val_accuracy": 0.5})
+
+    sweep = resolved(raw)
+    sub = k8s.Submitter(sweep, k8s.render(sweep, text), k8s.Apis(fake, fake, fake), store=store,
+                        echo=lines.append, now=fake.now, sleep=tick)
+    first = sub.run(max_passes=5)
+    assert not first.done and 2 <= len(journal_trials(store, sweep)) < 4
+    sweep = resolved(raw)  # a new submitter: only the spec, the cluster and the store
+    sub = k8s.Submitter(sweep, k8s.render(sweep, text), k8s.Apis(fake, fake, fake), store=store,
+                        echo=lines.append, now=fake.now, sleep=tick)
+    second = sub.run()
+    assert second.done and second.exit_code == 0, lines[-20:]
+    trials = [n for n in fake.created() if n.startswith("smoke-lr-")]
+    assert sorted(trials) == [f"smoke-lr-{i}" for i in range(4)]  # each trial one Job
+    assert len(journal_trials(store, sweep)) == 4 and fake.created()[-1] == "smoke-aggregate"
+    assert {second.states[f"lr-{i}"] for i in range(4)} == {"Succeeded"}
