@@ -368,6 +368,8 @@ class SearchRun:
             self._tell(t.number, TrialState.COMPLETE, float(record["val_accuracy"]))
         elif status.get("phase") == "pruned" or state == PRUNED:
             self._tell(t.number, TrialState.PRUNED)
+        elif state == SKIPPED:  # not run (prepare failed): it stays asked and runs when the sweep runs again
+            return
         else:
             self._tell(t.number, TrialState.FAIL)
 
