@@ -13,7 +13,9 @@ one from a Keras model and its input sizes (an ensemble model, `common.ensemble`
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +30,7 @@ from common.store import Store, join
 NOT_MEASURED = "robustness: not measured (re-run `aquarium prepare --force` to keep the validation photos)"
 Classifier = Callable[[Sequence[bytes], bool], np.ndarray]
 Transform = Callable[[Image.Image], Image.Image]
+COPIES_REVISION = 1  # bump when a copy's transform changes: stored measurements (MEASURED) are then redone
 QUALITY = 92  # JPEG quality of a framed copy: what an editing tool writes; "reencode-q50" tests quality itself
 
 
@@ -74,24 +77,57 @@ def framed_copy(jpeg: bytes, transform: Transform, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def model_classifier(model, sizes: int | tuple[int, ...]) -> Classifier:
-    """A Classifier for one Keras model (or any callable on float32 [B,S,S,3]) with inputs of these sizes."""
-    from common.predict import compiled, image_batches
+class ModelClassifier:
+    """A Classifier for one Keras model (or any callable on float32 [B,S,S,3]) with inputs of these sizes.
 
-    sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
-    run = compiled(model, sizes)
+    `on_batches` classifies photos another caller already decoded at `sizes`: `robustness_of` decodes each copy
+    once per set of input sizes and hands the same batches to every model of those sizes."""
 
-    def classify(jpegs: Sequence[bytes], trim: bool) -> np.ndarray:
+    def __init__(self, model, sizes: int | tuple[int, ...]):
+        from common.predict import compiled
+
+        self.sizes = (sizes,) if isinstance(sizes, int) else tuple(sizes)
+        self.run = compiled(model, self.sizes)
+
+    def __call__(self, jpegs: Sequence[bytes], trim: bool) -> np.ndarray:
+        return self.on_batches(decoded(jpegs, self.sizes, trim), len(jpegs))
+
+    def on_batches(self, batches, count: int) -> np.ndarray:
         parts, indices = [], []
-        for index, images in image_batches(list(jpegs), sizes, trim, files=False):
-            parts.append(np.asarray(run(*images)))
-            indices.append(index.numpy())
-        if sum(map(len, indices)) != len(jpegs):
-            missing = sorted(set(range(len(jpegs))) - set(np.concatenate(indices or [[]]).tolist()))
-            raise BadInput(f"{len(missing)} of {len(jpegs)} images do not decode as JPEG (first: #{missing[0]})")
+        for index, images in batches:
+            parts.append(np.asarray(self.run(*images)))
+            indices.append(np.asarray(index))
+        if sum(map(len, indices)) != count:
+            missing = sorted(set(range(count)) - set(np.concatenate(indices or [[]]).tolist()))
+            raise BadInput(f"{len(missing)} of {count} images do not decode as JPEG (first: #{missing[0]})")
         return np.concatenate(parts)
 
-    return classify
+
+def model_classifier(model, sizes: int | tuple[int, ...]) -> ModelClassifier:
+    return ModelClassifier(model, sizes)
+
+
+def decoded(jpegs: Sequence[bytes], sizes: tuple[int, ...], trim: bool) -> list:
+    """`predict`'s preprocessing of these JPEGs at each size, as a list of (indices, images) batches."""
+    from common.predict import image_batches
+
+    return [(index.numpy(), images) for index, images in image_batches(list(jpegs), sizes, trim, files=False)]
+
+
+def classify_all(models: dict[str, Classifier], jpegs: Sequence[bytes], trim: bool) -> dict[str, np.ndarray]:
+    """Every model's answers on the same photos, each photo decoded once per set of input sizes (decoding a
+    full-size JPEG costs more than a small model's forward pass)."""
+    out, by_sizes = {}, {}
+    for name, classify in models.items():
+        if isinstance(classify, ModelClassifier):
+            by_sizes.setdefault(classify.sizes, []).append(name)
+        else:
+            out[name] = classify(jpegs, trim)
+    for sizes, names in by_sizes.items():
+        batches = decoded(jpegs, sizes, trim)
+        for name in names:
+            out[name] = models[name].on_batches(batches, len(jpegs))
+    return out
 
 
 def robustness(classify: Classifier, jpegs: Sequence[bytes], labels: Sequence[int],
@@ -113,22 +149,27 @@ def robustness_of(models: dict[str, tuple[Classifier, Sequence[int]]], jpegs: Se
     Copy-major: each kind of copy is made once for all models and dropped before the next, so the cost of
     making copies and the memory they take do not grow with the number of models.
     """
-    results, references = {}, {}
-    for name, (classify, labels) in models.items():
+    for name, (_, labels) in models.items():
         if not len(jpegs) or len(jpegs) != len(labels):
             raise BadInput(f"robustness needs photos and one label each (got {len(jpegs)} photos, "
                            f"{len(labels)} labels)")
-        references[name] = classify(jpegs, False).argmax(axis=1)
+    results, references = {}, {}
+    classifiers = {name: classify for name, (classify, _) in models.items()}
+    originals = classify_all(classifiers, jpegs, False)
+    for name, (_, labels) in models.items():
+        references[name] = originals[name].argmax(axis=1)
         results[name] = {"images": len(jpegs), "accuracy": float(np.mean(references[name] == np.asarray(labels))),
                          "copies": {}}
     for copy, (transform, quality) in (COPIES if copies is None else copies).items():
         framed = [framed_copy(j, transform, quality) for j in jpegs]
-        for name, (classify, labels) in models.items():
-            row = {}
-            for prefix, trim in (("", False), ("trimmed_", True)):
-                predicted = classify(framed, trim).argmax(axis=1)
-                row[f"{prefix}accuracy"] = float(np.mean(predicted == np.asarray(labels)))
-                row[f"{prefix}agreement"] = float(np.mean(predicted == references[name]))
+        rows = {name: {} for name in models}
+        for prefix, trim in (("", False), ("trimmed_", True)):
+            answers = classify_all(classifiers, framed, trim)
+            for name, (_, labels) in models.items():
+                predicted = answers[name].argmax(axis=1)
+                rows[name][f"{prefix}accuracy"] = float(np.mean(predicted == np.asarray(labels)))
+                rows[name][f"{prefix}agreement"] = float(np.mean(predicted == references[name]))
+        for name, row in rows.items():
             results[name]["copies"][copy] = row
     for result in results.values():
         for prefix in ("", "trimmed_"):
@@ -211,8 +252,12 @@ def measure_variants(store: Store, data_prefix: str, variant_prefixes: dict[str,
     photos = validation_rows(store, data_prefix)
     if photos is None or fetch_photos(store, photos[:1]) is None:
         return {"note": NOT_MEASURED, "copies": list(COPIES), "variants": {}}
-    models, failed = {}, {}
+    models, failed, kept, keys = {}, {}, {}, {}
     for name, prefix in variant_prefixes.items():
+        keys[name] = measurement_key(store, prefix, photos)
+        kept[name] = earlier_measurement(store, prefix, keys[name])
+        if kept[name] is not None:
+            continue
         try:
             loaded = load_variant(store, prefix)
             unknown = sorted({c for c, _ in photos} - set(loaded.classes))
@@ -232,6 +277,29 @@ def measure_variants(store: Store, data_prefix: str, variant_prefixes: dict[str,
             for name, result in part.items():
                 measured.setdefault(name, []).append(result)
         measured = {name: merged(parts) for name, parts in measured.items()}
+        for name, result in measured.items():
+            store.put_json(join(variant_prefixes[name], MEASURED), {"key": keys[name], "result": result})
     except BadInput as e:  # a stored photo that does not decode: the dataset, not one model
         return {"note": f"robustness: not measured ({e})", "copies": list(COPIES), "variants": {}}
-    return {"note": None, "copies": list(COPIES), "variants": {**measured, **failed}}
+    kept = {name: result for name, result in kept.items() if result is not None}
+    return {"note": None, "copies": list(COPIES), "variants": {**kept, **measured, **failed}}
+
+
+MEASURED = "robustness.json"  # a finished model's measurement, beside it: a rerun of aggregate measures new rows only
+
+
+def measurement_key(store: Store, prefix: str, photos: list[tuple[str, str]]) -> str:
+    """What a measurement depends on: the model (its prefix's `_SUCCESS` record: config hash, when it finished,
+    an ensemble's members), the validation photos and the kinds of copy."""
+    basis = {"model": store.is_complete(prefix), "photos": photos, "copies": [(c, q) for c, (_, q) in COPIES.items()],
+             "revision": COPIES_REVISION}
+    return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def earlier_measurement(store: Store, prefix: str, key: str) -> dict | None:
+    """The stored measurement of this very model on these photos and copies, or None."""
+    try:
+        kept = store.get_json(join(prefix, MEASURED))
+    except (KeyError, ValueError):
+        return None
+    return kept.get("result") if isinstance(kept, dict) and kept.get("key") == key else None

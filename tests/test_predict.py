@@ -333,6 +333,12 @@ def test_robustness_measures_agreement_and_accuracy_per_copy(model_dir, float32)
     both = model_classifier(ensemble_model([tiny_model, bright], "both"), (SIZE, 48))
     np.testing.assert_allclose(both(jpegs, False), (tiny(jpegs, False) + model_classifier(
         bright, 48)(jpegs, False)) / 2, atol=1e-6)
+    # decoded once per set of sizes and shared: the same answers as each model decoding for itself
+    from common.robustness import classify_all
+
+    shared = classify_all({"tiny": tiny, "both": both, "bright": model_classifier(bright, 48)}, jpegs, True)
+    for name, classify in (("tiny", tiny), ("both", both)):
+        np.testing.assert_allclose(shared[name], classify(jpegs, True), atol=1e-6)
     full = robustness(tiny, jpegs[:2], labels[:2])
     assert set(full["copies"]) == set(COPIES)
     assert all(0 <= v <= 1 for row in full["copies"].values() for v in row.values())

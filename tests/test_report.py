@@ -200,3 +200,29 @@ def test_robustness_column_and_per_copy_table(tmp_path, store, model_bytes):
     assert all(f">{name}<" in table for name in COPIES) and "originals (3 validation photos)" in table
     assert "robustness of cnn-b: agreement" in page and "<th>robustness</th>" in page
     assert "| letterbox-white |" in store.get_text(join(report, "report.md"))
+
+
+def test_a_rerun_of_aggregate_measures_only_new_models(tmp_path, store, model_bytes):
+    """Each model's robustness is kept beside it, keyed to the model, the photos and the copies: a rerun after one
+    more variant finished (a search's trials, a new row) reuses the others; a retrained model is measured again."""
+    from common.robustness import MEASURED
+
+    sweep = sweep_spec([("cnn-a", "cnn"), ("cnn-b", "cnn")])
+    write_variant(store, sweep, "cnn-a", val_acc=0.6, model=model_bytes)
+    write_variant(store, sweep, "cnn-b", val_acc=0.9, model=model_bytes)
+    write_valid_photos(store, ["fish", "shark", "fish"])
+    aggregate(store, sweep)
+    kept = join(sweep.variant_prefix("cnn-a"), MEASURED)
+    # mark the kept figure: a rerun that reuses it reports the mark, one that measured again would not
+    record = store.get_json(kept)
+    record["result"]["agreement"] = 0.123
+    store.put_json(kept, record)
+    summary, _ = aggregate(store, sweep)
+    assert summary["robustness"]["variants"]["cnn-a"]["agreement"] == 0.123
+    assert summary["robustness"]["variants"]["cnn-b"]["agreement"] != 0.123
+    # the model trained again (a new _SUCCESS record): measured again
+    store.mark_complete(sweep.variant_prefix("cnn-a"), {**store.is_complete(sweep.variant_prefix("cnn-a")),
+                                                        "finished_at": "later"})
+    summary, _ = aggregate(store, sweep)
+    assert summary["robustness"]["variants"]["cnn-a"]["agreement"] != 0.123
+    assert summary["robustness"]["variants"]["cnn-a"] == summary["robustness"]["variants"]["cnn-b"]
