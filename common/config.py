@@ -313,7 +313,10 @@ class Sweep(Strict):
 
     @property
     def image_sizes(self) -> list[int]:
-        return sorted({v.image_size for v in self.variants})
+        """Every input size `prepare` must write: the variants' and those any search's trials can have."""
+        from common.search import trial_sizes
+
+        return sorted({v.image_size for v in self.variants}.union(*(trial_sizes(self, s) for s in self.searches)))
 
     @property
     def prefix(self) -> str:

@@ -86,6 +86,19 @@ def base_keys(sweep: Sweep, search: Search) -> dict:
     return deep_merge(sweep.defaults, base)
 
 
+def trial_sizes(sweep: Sweep, search: Search) -> set[int]:
+    """The input sizes its trials can have: the base's, or every value the space gives `image_size`."""
+    p = search.space.get("image_size")
+    if p is None:
+        return {Variant.model_validate({**base_keys(sweep, search), "name": "base"}).image_size}
+    if p.choice is not None:
+        return set(p.choice)
+    if p.int_range is not None:
+        return set(range(p.int_range[0], p.int_range[1] + 1, p.step or 1))
+    raise BadInput(f"search {search.name}.space.image_size: a continuous range: use choice or int (prepare writes "
+                   "each size a trial can have)")
+
+
 def trial_variant(sweep: Sweep, search: Search, number: int, params: dict) -> Variant:
     return Variant.model_validate({**deep_merge(base_keys(sweep, search), nest(params)),
                                    "name": trial_name(search.name, number)})
@@ -167,6 +180,7 @@ def check_searches(sweep: Sweep, path: str) -> None:
                     err = e.errors()[0]
                     raise BadInput(f"{where}.space.{key}: {value!r} is not a valid value "
                                    f"({err['msg'].removeprefix('Value error, ')})") from None
+        trial_sizes(sweep, s)  # a continuous image_size: one line now, not when prepare runs
         try:
             base = trial_variant(sweep, s, 0, {})
         except ValidationError as e:

@@ -299,3 +299,26 @@ def test_submit_drives_a_search_and_a_restarted_submitter_carries_on(tmp_path):
     assert sorted(trials) == [f"smoke-lr-{i}" for i in range(4)]  # each trial one Job
     assert len(journal_trials(store, sweep)) == 4 and fake.created()[-1] == "smoke-aggregate"
     assert {second.states[f"lr-{i}"] for i in range(4)} == {"Succeeded"}
+
+
+def test_prepare_writes_every_size_a_searchs_trials_can_have(tmp_path):
+    """A search at another size than the variants (its base, or image_size in its space) gets its tensors from
+    `prepare`, so its first trial does not fail on a size nobody prepared; a continuous image_size is refused."""
+    from common.config import load_sweep
+
+    spec = yaml.safe_load((ROOT / "sweep.yaml").read_text())
+    path = tmp_path / "spec.yaml"
+
+    def sizes(space_size=None):
+        if space_size is not None:
+            spec["searches"][0]["space"]["image_size"] = space_size
+        path.write_text(yaml.safe_dump(spec))
+        sweep = load_sweep(path)
+        return set(sweep.image_sizes), {v.image_size for v in sweep.variants}
+
+    every, of_variants = sizes()
+    assert spec["searches"][0]["base"]["image_size"] not in of_variants
+    assert every == of_variants | {spec["searches"][0]["base"]["image_size"]}
+    assert {96, 128} <= sizes({"choice": [96, 128]})[0]
+    with pytest.raises(BadInput, match=r"space.image_size: a continuous range"):
+        sizes({"uniform": [96, 128]})
