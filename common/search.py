@@ -47,7 +47,8 @@ from common.store import Store, join
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 RUNG_WAIT_ENV = "AQUARIUM_RUNG_WAIT_S"  # how long a trial waits at a rung for the driver's verdict
-RUNG_WAIT_S = 900.0
+RUNG_WAIT_S = 300.0  # a waiting trial holds its pod's resources: a driver that cannot be scheduled meanwhile
+# (a full cluster) or is gone must not stall it for long; a late verdict still stops it, at a later epoch
 
 
 def search_prefix(sweep: Sweep, name: str) -> str:
