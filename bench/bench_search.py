@@ -76,6 +76,7 @@ def specs(raw: dict, search_name: str | None, quick: bool, zip_path: str) -> tup
     base = {k: v for k, v in base_keys(sweep, sweep.searches[0]).items() if k != "name"}
     placeholder = {**base, "name": "anchor", "epochs": 1, "head_epochs": 0, "steps_per_epoch": 1}
     return {**raw, "name": "bench-sh", "defaults": {}, "variants": [placeholder],
+            "max_parallel": search.get("max_parallel") or 1,  # both sides run as many trials at once as the search
             "searches": [{**search, "base": base}]}, search
 
 
@@ -118,6 +119,9 @@ def main() -> None:
     parser.add_argument("--zip", default=os.environ.get("AQUARIUM_ZIP"))
     parser.add_argument("--keep", default=None, help="store folder to keep (default: a temporary one)")
     parser.add_argument("--quick", action="store_true", help="seconds on a generated dataset (needs --zip)")
+    parser.add_argument("--searched", default=None, metavar="STORE_DIR",
+                        help="a folder store where this search already ran (e.g. the real `make sweep`'s ./store): "
+                             "its trials are the halving side, and only the full side runs")
     args = parser.parse_args()
     if not args.zip:
         sys.exit("bench_search: give --zip or AQUARIUM_ZIP")
@@ -130,13 +134,17 @@ def main() -> None:
     halving = tmp / "halving.yaml"
     halving.write_text(yaml.safe_dump(raw, sort_keys=False))
     store = tmp / "store"
-    t = time.perf_counter()
-    run(halving, store, Path(args.zip).resolve(), tmp / "halving.log")
-    print(f"halving run: {time.perf_counter() - t:.0f} s with prepare (log {tmp / 'halving.log'})")
+    searched, searched_sweep = store, "bench-sh"
+    if args.searched:  # the halving side ran already (a real sweep): read it where it ran
+        searched, searched_sweep = Path(args.searched), yaml.safe_load(Path(args.config).read_text())["name"]
+    else:
+        t = time.perf_counter()
+        run(halving, store, Path(args.zip).resolve(), tmp / "halving.log")
+        print(f"halving run: {time.perf_counter() - t:.0f} s with prepare (log {tmp / 'halving.log'})")
     # the same trials, trained to the end: their configs from the halving run's trial records
     sweep = parse_sweep(raw)
     records = sorted((json.loads(p.read_text()) for p in
-                      (store / "sweeps" / "bench-sh" / "searches" / search["name"] / "trials").glob("*.json")),
+                      (searched / "sweeps" / searched_sweep / "searches" / search["name"] / "trials").glob("*.json")),
                      key=lambda r: r["number"])
     trials = [trial_variant(sweep, sweep.searches[0], r["number"], r["params"]) for r in records]
     full = {**{k: v for k, v in raw.items() if k != "searches"}, "name": "bench-full",
@@ -146,7 +154,7 @@ def main() -> None:
     run(tmp / "full.yaml", store, Path(args.zip).resolve(), tmp / "full.log")
     print(f"full run: {time.perf_counter() - t:.0f} s with prepare (log {tmp / 'full.log'})")
     names = [v.name for v in trials]
-    a, b = outcome(store, "bench-sh", names), outcome(store, "bench-full", names)
+    a, b = outcome(searched, searched_sweep, names), outcome(store, "bench-full", names)
     print(f"{'':22}{'trials':>7}{'trial-epochs':>14}{'wall s':>9}{'best val':>10}  best trial")
     for label, o in ((f"{search['name']} halving", a), ("same trials, full", b)):
         print(f"{label:22}{o['trials']:>7}{o['epochs']:>14}{o['wall']:>9.0f}{o['val']:>10.3f}  {o['best']}")
