@@ -15,7 +15,9 @@ as its own process (peak RSS from `os.wait4` through bench_memory's lean launche
   ...streamed  the same with `cache_mb: 0` (every split streamed), beside the default `cache_mb`.
 
 With `--old-ref` (a commit before issue 21, e.g. 68f21c0) the smallest count also runs through that commit's
-in-memory path (`git archive` into /tmp): one .npz per split, loaded whole. `--quick` is the suite's mode: 40
+in-memory path (`git archive` into /tmp): one .npz per split, loaded whole. `--real` first runs the real zip
+itself the same way (both paths when `--old-ref` is given): the aquarium figures of the "no slowdown for small
+data" goal. `--repeat N` runs each count N times, the paths alternating, and prints the medians. `--quick` is the suite's mode: 40
 photos from the given zip, 64 px only, 2 steps, about a minute. The last line:
 `scale: prepare 20k peak X GB (2k Y GB), train-224 20k peak A GB (2k B GB)`.
 """
@@ -70,11 +72,12 @@ data = (train.load_data(store, sweep, v.image_size, work / "tensors") if hasattr
 model = train.build_model(store, v, len(data.classes), work)
 times = []
 class T(keras.callbacks.Callback):  # the training batches only: validation's pass is not training throughput
-    def on_epoch_begin(self, e, logs=None): self.t = time.perf_counter()
-    def on_train_batch_end(self, b, logs=None): self.last = time.perf_counter()
-    def on_epoch_end(self, e, logs=None): times.append(self.last - self.t)
+    def on_epoch_begin(self, e, logs=None): self.t, self.n = time.perf_counter(), 0
+    def on_train_batch_end(self, b, logs=None): self.last, self.n = time.perf_counter(), self.n + 1
+    def on_epoch_end(self, e, logs=None): times.append((self.n, self.last - self.t))
 train.fit(model, data, v, [T()], 0)
-print(json.dumps({"photos_per_s": int(steps) * v.batch_size / times[-1]}))
+batches, seconds = times[-1]  # fewer than `steps` when the split is smaller (the real zip)
+print(json.dumps({"photos_per_s": batches * v.batch_size / seconds}))
 """
 
 
@@ -150,6 +153,7 @@ def spec_for(tmp: Path, config: Path) -> tuple[Path, dict]:
 
     chosen = {"train-64": first("cnn", 64), "train-224": first("finetune", 224)}
     raw["variants"] = [{k: v for k, v in c.items() if k != "extends"} | {"name": c["name"]} for c in chosen.values()]
+    raw.pop("searches", None)  # a search's base may name a variant left out here
     path = tmp / f"scale-{len(list(tmp.glob('scale-*')))}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path, {label: c["name"] for label, c in chosen.items()}
@@ -176,6 +180,17 @@ def run_train(root: Path, spec: Path, store: Path, name: str, steps: int, cache_
     return mib, json.loads(last)["photos_per_s"]
 
 
+def median(rows: list[dict]) -> dict:
+    """Each figure's median over repeated runs (a row: prepare figures, and per training label mib, photos_s)."""
+    return {k: ({f: float(np.median([r[k][f] for r in rows])) for f in rows[0][k]} if isinstance(v, dict)
+                else float(np.median([r[k] for r in rows]))) for k, v in rows[0].items()}
+
+
+def flat(row: dict) -> dict:
+    return {(f"{k} {f}" if isinstance(v, dict) else k): x for k, v in row.items()
+            for f, x in (v.items() if isinstance(v, dict) else [(None, v)])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--counts", default="2000,20000")
@@ -186,11 +201,13 @@ def main() -> None:
     parser.add_argument("--zip", default=os.environ.get("AQUARIUM_ZIP")
                         or str(ROOT.parent / "shared" / "datasets" / "aquarium-tfcsv.zip"))
     parser.add_argument("--quick", action="store_true", help="the suite's mode: 40 photos, 64 px, 2 steps")
+    parser.add_argument("--real", action="store_true", help="also the real zip itself, before the exports")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per count, the paths alternating (medians)")
     args = parser.parse_args()
     sizes = [64] if args.quick else [64, 224]
     if args.quick:
         args.counts, args.steps = "40", "2,1"
-    counts = [int(c) for c in args.counts.split(",")]
+    counts = [int(c) for c in args.counts.split(",") if c]  # none: `--real` alone
     steps = dict(zip((64, 224), map(int, args.steps.split(","))))
     if not Path(args.zip).is_file():
         sys.exit(f"bench_scale: dataset zip {args.zip} not found: set AQUARIUM_ZIP or --zip")
@@ -211,31 +228,42 @@ def main() -> None:
             roots["in-memory (old)"] = old
         specs = {path: spec_for(tmp, Path(args.config) if root == ROOT else root / "sweep.yaml")
                  for path, root in roots.items()}
-        for count in counts:
-            zip_path = make_export(photos, count, tmp / f"export-{count}.zip")
-            print(f"\n{count} photos: export {zip_path.stat().st_size / 1e6:.0f} MB", flush=True)
-            for path, root in roots.items():
-                if path != "sharded" and count != min(counts):
-                    continue  # the old path holds everything in memory: only where it still fits
-                store = tmp / f"store-{count}-{len(results)}"
-                mib, seconds = run_prepare(root, zip_path, store, sizes, tmp / "prepare.log")
-                row = {"prepare_mib": mib, "prepare_s": seconds, "prepare_photos_s": count / seconds}
-                print(f"  {path:16} prepare: {seconds:7.1f} s, {count / seconds:6.1f} photos/s, peak {mib:6.0f} MiB",
-                      flush=True)
-                spec, names = specs[path]
-                for label, size in (("train-64", 64), ("train-224", 224))[:len(sizes)]:
-                    modes = [("", "default")] + ([(" streamed", "0")] if path == "sharded" else [])
-                    for suffix, cache_mb in modes:
-                        mib, rate = run_train(root, spec, store, names[label], steps[size], cache_mb,
-                                              tmp / "train.log")
-                        row[label + suffix] = {"mib": mib, "photos_s": rate}
-                        print(f"  {path:16} {label + suffix:18}: {rate:6.1f} photos/s, peak {mib:6.0f} MiB "
-                              f"({steps[size]} steps)", flush=True)
-                results[count, path] = row
-                shutil.rmtree(store, ignore_errors=True)
-            zip_path.unlink()
+        for count in ([0] if args.real else []) + counts:  # 0: the real zip itself
+            zip_path = make_export(photos, count, tmp / f"export-{count}.zip") if count else Path(args.zip)
+            print(f"\n{count or len(photos)} photos{'' if count else ' (the real zip)'}: export "
+                  f"{zip_path.stat().st_size / 1e6:.0f} MB", flush=True)
+            for _ in range(args.repeat):  # the paths alternate: the shared machine's load drifts between runs
+                for path, root in roots.items():
+                    if path != "sharded" and count and count != min(counts):
+                        continue  # the old path holds everything in memory: only where it still fits
+                    store = tmp / f"store-{count}-{len(results)}"
+                    mib, seconds = run_prepare(root, zip_path, store, sizes, tmp / "prepare.log")
+                    n = count or len(photos)
+                    row = {"prepare_mib": mib, "prepare_s": seconds, "prepare_photos_s": n / seconds}
+                    print(f"  {path:16} prepare: {seconds:7.1f} s, {n / seconds:6.1f} photos/s, peak {mib:6.0f} MiB",
+                          flush=True)
+                    spec, names = specs[path]
+                    for label, size in (("train-64", 64), ("train-224", 224))[:len(sizes)]:
+                        modes = [("", "default")] + ([(" streamed", "0")] if path == "sharded" else [])
+                        for suffix, cache_mb in modes:
+                            mib, rate = run_train(root, spec, store, names[label], steps[size], cache_mb,
+                                                  tmp / "train.log")
+                            row[label + suffix] = {"mib": mib, "photos_s": rate}
+                            print(f"  {path:16} {label + suffix:18}: {rate:6.1f} photos/s, peak {mib:6.0f} MiB "
+                                  f"({steps[size]} steps)", flush=True)
+                    results.setdefault((count, path), []).append(row)
+                    shutil.rmtree(store, ignore_errors=True)
+            if args.repeat > 1:
+                for (c, path), rows in results.items():
+                    if c == count:
+                        print(f"  {path:16} median of {len(rows)}: " + ", ".join(
+                            f"{k} {v:.1f}" for k, v in flat(median(rows)).items()), flush=True)
+            if count:
+                zip_path.unlink()
+    if not counts:
+        return
     small, big = min(counts), max(counts)
-    a, b = results[big, "sharded"], results[small, "sharded"]
+    a, b = median(results[big, "sharded"]), median(results[small, "sharded"])
     label = "train-224" if "train-224" in a else "train-64"
     print(f"\nscale: prepare {big / 1000:g}k peak {a['prepare_mib'] / 1024:.2f} GB ({small / 1000:g}k "
           f"{b['prepare_mib'] / 1024:.2f} GB), {label} {big / 1000:g}k peak {a[label]['mib'] / 1024:.2f} GB "
