@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 
@@ -48,6 +49,30 @@ def test_missing_key_is_key_error(store, tmp_path):
     with pytest.raises(KeyError):
         store.download("no/such/key", tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists()
+
+
+def test_move_in_stores_the_file_and_removes_it_locally(store, tmp_path, monkeypatch):
+    """prepare's shards (`Store.move_in`): both back ends store the bytes and delete the local file; a folder store
+    renames it (the same inode: no copy) and, across filesystems (EXDEV), copies it through a temporary name."""
+    local = tmp_path / "shard.tfrecord"
+    local.write_bytes(b"a" * 1000)
+    inode = local.stat().st_ino
+    store.move_in("data/t/one.tfrecord", local)
+    assert not local.exists() and store.get_bytes("data/t/one.tfrecord") == b"a" * 1000
+    if isinstance(store, FileStore):
+        assert (store.root / "data/t/one.tfrecord").stat().st_ino == inode
+        replace = os.replace
+
+        def across(src, dst):  # the shard's own rename fails as between two filesystems; the copy's works
+            if str(src) == str(local):
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            return replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", across)
+        local.write_bytes(b"b" * 10)
+        store.move_in("data/t/two.tfrecord", local)
+        assert not local.exists() and store.get_bytes("data/t/two.tfrecord") == b"b" * 10
+        assert store.list("data/t") == ["data/t/one.tfrecord", "data/t/two.tfrecord"]
 
 
 def test_list_is_recursive_sorted_and_prefix_scoped(store):
