@@ -470,8 +470,12 @@ def write_config(store: Store, sweep: Sweep, variant: Variant, data: Data) -> No
 
 
 def compute(variant: Variant) -> dict:
-    """The precision a variant computes in and the device kind that decided it (config.json, metrics.json)."""
-    return {"precision": resolve_precision(variant.precision), "device_kind": device_kind()}
+    """The precision a variant computes in, the device kind that decided it and TensorFlow's intra-op threads
+    (config.json, metrics.json): with op determinism on, a rerun is bit-identical only with all three the same --
+    the threads split a CPU reduction differently (the local executor gives each of N parallel variants 1/N)."""
+    threads = (int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0) or tf.config.threading.get_intra_op_parallelism_threads()
+               or len(os.sched_getaffinity(0)))
+    return {"precision": resolve_precision(variant.precision), "device_kind": device_kind(), "cpu_threads": threads}
 
 
 def publish(reporter: Reporter, net: keras.Model, predictions: str, metrics: dict) -> None:

@@ -62,7 +62,9 @@ def open_env_store(uri, env):
 def test_cnn_variant_writes_every_artefact_and_metrics_match_predictions(prepared, tmp_path):
     uri, env = prepared
     config = spec(tmp_path, **{"cnn-a": {"test_time_flip": True}})  # evaluated and saved flip-averaged
-    done = aquarium("train-variant", "--config", config, "--variant", "cnn-a", "--store", uri, env=env)
+    # one intra-op thread, as the local executor gives each of two variants on two cores: recorded with the result
+    done = aquarium("train-variant", "--config", config, "--variant", "cnn-a", "--store", uri,
+                    env={**env, "TF_NUM_INTRAOP_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     sweep = load_sweep(config)
     variant = sweep.variant("cnn-a")
@@ -73,6 +75,7 @@ def test_cnn_variant_writes_every_artefact_and_metrics_match_predictions(prepare
     cfg = store.get_json(f"{prefix}/config.json")
     assert cfg["config_hash"] == variant.config_hash and cfg["variant"]["name"] == "cnn-a"
     assert cfg["dataset_fingerprint"] and "tensorflow" in " ".join(cfg["versions"])
+    assert (cfg["precision"], cfg["cpu_threads"]) == ("float32", 1)
     status = store.get_json(f"{prefix}/status.json")
     assert status["phase"] == "succeeded" and status["epoch"] == variant.epochs and status["exit_code"] == 0
     history = list(csv.DictReader(io.StringIO(store.get_text(f"{prefix}/history.csv"))))
