@@ -366,11 +366,6 @@ class Executor:
             step.state = "pruned"
         return True
 
-    def due(self, step: Step) -> None:
-        """A retrying step whose backoff is over is started again (in its old slot, if it had one)."""
-        if step.state == "retrying" and time.monotonic() >= step.retry_at:
-            self.start(step, step.slot)
-
     def finished(self, steps: dict[str, Step]) -> set[str]:
         """The variants whose current result is in the store, read once prepare has succeeded."""
         if self._finished is None and steps[PREPARE].state == "ok":
@@ -394,7 +389,8 @@ class Executor:
         """Observe (reap and retry the processes), ask the schedule, act; until the sweep is over."""
         while True:
             for s in list(steps.values()):
-                self.due(s)
+                if s.state == "retrying" and time.monotonic() >= s.retry_at:  # backoff over: again, same slot
+                    self.start(s, s.slot)
                 if self.reap(s):
                     self.live.ended(s)
             if self.search:  # report epochs, prune at rungs, tell ended trials, ask new ones (they queue)
@@ -444,20 +440,26 @@ class Executor:
         return SweepRun(list(steps.values()), time.monotonic() - t0, decision.exit_code, self.parallel)
 
     def stop(self, all_steps: list[Step]) -> None:
-        """SIGTERM to every running child (they checkpoint and exit 143), SIGKILL after a grace period."""
+        """Stop every running child (`terminate`) and record how each ended."""
         running = [s for s in all_steps if s.proc is not None and s.proc.poll() is None]
+        terminate([s.proc for s in running])
         for s in running:
-            with contextlib.suppress(ProcessLookupError):  # it may have just exited
-                os.killpg(s.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + TERM_GRACE_S
-        for s in running:
-            try:
-                s.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):  # it may have just exited
-                    os.killpg(s.proc.pid, signal.SIGKILL)
-                s.proc.wait()
             self.reap(s)
+
+
+def terminate(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to each child's process group (they checkpoint and exit 143), SIGKILL after a grace period."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):  # it may have just exited
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + TERM_GRACE_S
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):  # it may have just exited
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def add_trial(executor: Executor, steps: dict[str, Step], variant: Variant, state: str = "queued") -> None:

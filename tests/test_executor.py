@@ -131,3 +131,31 @@ def test_no_variant_with_a_result_leaves_aggregate_out_and_exits_2(tmp_path, dat
     assert "aggregate not run: nothing to aggregate: no variant has a result" in run.stdout
     assert "aggregate: starting" not in run.stdout
     assert not (tmp_path / "store" / "logs" / "smoke" / "aggregate.log").exists()
+
+
+def test_terminate_ends_each_childs_process_group_with_sigterm(monkeypatch):
+    """Ctrl-C of a sweep: each job gets SIGTERM in its own session (it checkpoints and exits 143); one that ignores
+    it is killed once the grace period is over, and its own children go with it."""
+    import signal
+    import subprocess
+
+    from common import executor
+
+    monkeypatch.setattr(executor, "TERM_GRACE_S", 2)
+    code_143 = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); " \
+               "print('up', flush=True); time.sleep(60)"
+    deaf = "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
+           "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); " \
+           "print(child.pid, flush=True); time.sleep(60)"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True) for code in (code_143, deaf)]
+    first_line = [p.stdout.readline().strip() for p in procs]
+    grandchild = int(first_line[1])
+    executor.terminate(procs)
+    assert procs[0].returncode == 143 and procs[1].returncode == -signal.SIGKILL
+    try:
+        os.kill(grandchild, 0)
+        gone = open(f"/proc/{grandchild}/stat").read().split()[2] == "Z"  # a zombie awaiting init is gone too
+    except (ProcessLookupError, FileNotFoundError):
+        gone = True
+    assert gone
