@@ -153,9 +153,18 @@ def test_terminate_ends_each_childs_process_group_with_sigterm(monkeypatch):
     grandchild = int(first_line[1])
     executor.terminate(procs)
     assert procs[0].returncode == 143 and procs[1].returncode == -signal.SIGKILL
-    try:
-        os.kill(grandchild, 0)
-        gone = open(f"/proc/{grandchild}/stat").read().split()[2] == "Z"  # a zombie awaiting init is gone too
-    except (ProcessLookupError, FileNotFoundError):
-        gone = True
-    assert gone
+    assert wait_until_gone(grandchild), f"the ignoring job's own child {grandchild} outlived the SIGKILL"
+
+
+def wait_until_gone(pid: int, tries: int = 100) -> bool:
+    """A SIGKILLed process is torn down asynchronously: poll until it is gone or a zombie awaiting its reaper."""
+    import time
+
+    for _ in range(tries):
+        try:
+            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        time.sleep(0.1)
+    return False
