@@ -4,21 +4,27 @@
         [--config sweep.yaml] [--search NAME] [--keep DIR]
     .venv/bin/python bench/bench_search.py --quick --zip tests-data.zip     # a minute: tests/test_bench.py
 
-1. "halving": `aquarium sweep run` of a spec holding only the search (`--search` of `--config`; without one there,
-   RECOMMENDED below), with its early stopping (successive halving / Hyperband);
+1. "halving": `aquarium sweep run` of a spec holding only the search (`--search` of `--config`, default its first),
+   with its early stopping (successive halving / Hyperband);
 2. "full": the very trials that run asked -- their resolved configs, read back from its store -- as plain
    variants of a second sweep in the same store, so nothing stops them early but their own EarlyStopping.
    The prepared dataset is shared (prepare runs once).
 Printed side by side: trials, trial-epochs (epochs trained, all trials together), wall time of the trials (first
 start to last end, from their status.json: prepare left out; each run is stopped when its aggregate starts), best
-validation accuracy and its trial; last `search: ...` with the halving run's cost as a share of the full one. At
-full length (24 trials of the recommended search) it takes about an hour on 2 cores: run it on a quiet machine.
+validation accuracy and its trial; then the full side's measured curves replayed under other early-stopping
+settings (`replay`); last `search: ...` with the halving run's cost as a share of the full one. At
+full length (sweep.yaml's search: 24 trials of 20 epochs at 224 px) it takes over an hour on 2 cores: run it on a
+quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import heapq
+import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -32,22 +38,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-# the search recommended for sweep.yaml (README: Searches): the MobileNetV3Small fine-tune recipe of mnv3s-d at
-# 128 px and 8 epochs (one of them for the head alone), so 24 trials with successive halving cost about 15 minutes
-# on 2 cores; the first rung is the first fine-tuning epoch
-RECOMMENDED = {
-    "name": "mnv3s-search", "sampler": "tpe", "trials": 24, "seed": 22, "max_parallel": 2,
-    "base": {"extends": "mnv3s-d", "image_size": 128, "epochs": 8, "head_epochs": 1},
-    "space": {
-        "finetune_learning_rate": {"loguniform": [1.0e-5, 1.0e-3]},
-        "trainable_layers": {"choice": [20, 40, 80, "all"]},
-        "dropout": {"uniform": [0.1, 0.5]},
-        "augment.frame": {"choice": [0.0, 0.4, 0.8]},
-        "label_smoothing": {"choice": [0.0, 0.1, 0.2]},
-    },
-    "early_stopping": {"method": "successive_halving", "min_epochs": 2, "reduction_factor": 3},
-}
 
 QUICK = {  # about a minute on the generated dataset: a tiny CNN at 32 px; a learning rate that learns and one that
     # cannot, so the first rung (epoch 2) has something to stop
@@ -69,22 +59,23 @@ def specs(raw: dict, search_name: str | None, quick: bool, zip_path: str) -> tup
         raw = {"name": "quick", "dataset": {"source": zip_path}, "defaults": QUICK_DEFAULTS, "variants": [
             {"name": "anchor"}], "searches": [QUICK]}
     searches = {s["name"]: s for s in raw.get("searches") or []}
-    if search_name and search_name not in searches:
-        sys.exit(f"bench_search: no search {search_name!r} in the spec; it has {', '.join(searches) or 'none'}")
-    search = dict(searches[search_name] if search_name else next(iter(searches.values()), RECOMMENDED))
+    if not searches or (search_name and search_name not in searches):
+        sys.exit(f"bench_search: no search {search_name or ''!r} in the spec; it has {', '.join(searches) or 'none'}: "
+                 "give --config a spec with `searches:` (sweep.yaml has one)")
+    search = dict(searches[search_name or next(iter(searches))])
     sweep = parse_sweep({**raw, "searches": [search]})
     base = {k: v for k, v in base_keys(sweep, sweep.searches[0]).items() if k != "name"}
     placeholder = {**base, "name": "anchor", "epochs": 1, "head_epochs": 0, "steps_per_epoch": 1}
     return {**raw, "name": "bench-sh", "defaults": {}, "variants": [placeholder],
-            "max_parallel": search.get("max_parallel") or 1,  # both sides run as many trials at once as the search
             "searches": [{**search, "base": base}]}, search
 
 
-def run(config: Path, store: Path, zip_path: Path, log: Path) -> None:
-    """`aquarium sweep run` until its trials are done: stopped (SIGTERM) when aggregate starts, whose report and
-    robustness measurement are no part of the comparison and would cost minutes."""
+def run(config: Path, store: Path, zip_path: Path, log: Path, parallel: int) -> None:
+    """`aquarium sweep run`, `parallel` variants at a time (the search's max_parallel on both sides: the same
+    TensorFlow threads per trial, so the same trial trains the same), until its trials are done: stopped (SIGTERM)
+    when aggregate starts, whose report and robustness measurement are no part of the comparison."""
     argv = [sys.executable, "-m", "jobs.cli", "sweep", "run", "--config", str(config), "--source", str(zip_path),
-            "--store", store.as_uri()]
+            "--store", store.as_uri(), "--max-parallel", str(parallel)]
     with log.open("w") as out:
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         while proc.poll() is None and "aggregate: starting" not in log.read_text():
@@ -112,10 +103,66 @@ def outcome(store: Path, sweep: str, names: list[str]) -> dict:
             "best": best, "val": vals.get(best, float("nan"))}
 
 
+def replay(store: Path, sweep: str, names: list[str], search, epochs: int, parallel: int) -> list[dict]:
+    """What other early stopping (successive halving and Hyperband, each `min_epochs` and `reduction_factor`) would
+    have cost and found on these very trials: the full side's measured curves (history.csv) replayed in trial order, `parallel` at a time, each
+    epoch taking its trial's measured seconds per epoch, Optuna's pruner judging at every rung as the driver does
+    (the study named as the search's: Hyperband's brackets hang on the name).
+    It reproduces the order in which trials reach a rung, so the asynchronous promotions too; a `tpe` search would
+    have asked other trials after its first ten, which no replay can know."""
+    import optuna
+
+    from common.config import EarlyStop
+    from common.search import pruner, rungs
+
+    curves = {}
+    for name in names:
+        folder = store / "sweeps" / sweep / "variants" / name
+        vals = [float(r["val_accuracy"]) for r in csv.DictReader((folder / "history.csv").open())]
+        status = json.loads((folder / "status.json").read_text())
+        wall = datetime.fromisoformat(status["finished_at"]) - datetime.fromisoformat(status["started_at"])
+        curves[name] = (vals, json.loads((folder / "metrics.json").read_text())["val_accuracy"],
+                        wall.total_seconds() / max(len(vals), 1))
+    rows = []
+    for method, m, eta in itertools.product(("successive_halving", "hyperband"), (1, 2, 3), (2, 3, 4)):
+        if m >= epochs:
+            continue
+        s = search.model_copy(update={"early_stopping": EarlyStop(method=method, min_epochs=m,
+                                                                    reduction_factor=eta)})
+        study = optuna.create_study(study_name=search.name, direction="maximize", pruner=pruner(s, epochs))
+        queue, events, asked, trained, finished = list(names), [], {}, 0, {}
+
+        def start(name: str, now: float) -> None:
+            asked[name] = study.ask()
+            heapq.heappush(events, (now + curves[name][2], name, 1))
+
+        for _ in range(min(parallel, len(queue))):
+            start(queue.pop(0), 0.0)
+        while events:  # the next epoch to end, of whichever trial
+            now, name, epoch = heapq.heappop(events)
+            vals, final, per_epoch = curves[name]
+            trial, trained = asked[name], trained + 1
+            trial.report(vals[epoch - 1], epoch)
+            if epoch == len(vals):  # trained to the end (or its own EarlyStopping)
+                study.tell(trial, final)
+                finished[name] = final
+            elif epoch in rungs(s, epochs) and trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                heapq.heappush(events, (now + per_epoch, name, epoch + 1))
+                continue
+            if queue:
+                start(queue.pop(0), now)
+        best = max(finished, key=lambda n: (finished[n], n), default="-")
+        rows.append({"method": method, "min_epochs": m, "reduction_factor": eta, "rungs": rungs(s, epochs),
+                     "epochs": trained, "finished": len(finished), "best": best, "val": finished.get(best, math.nan)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(ROOT / "sweep.yaml"))
-    parser.add_argument("--search", default=None, help="a search of --config [default: its first, else RECOMMENDED]")
+    parser.add_argument("--search", default=None, help="a search of --config [default: its first]")
     parser.add_argument("--zip", default=os.environ.get("AQUARIUM_ZIP"))
     parser.add_argument("--keep", default=None, help="store folder to keep (default: a temporary one)")
     parser.add_argument("--quick", action="store_true", help="seconds on a generated dataset (needs --zip)")
@@ -131,6 +178,7 @@ def main() -> None:
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="bench-search-"))
     tmp.mkdir(parents=True, exist_ok=True)
     raw, search = specs(yaml.safe_load(Path(args.config).read_text()), args.search, args.quick, args.zip)
+    parallel = search.get("max_parallel") or 1  # both sides: as many trials at once as the search runs
     halving = tmp / "halving.yaml"
     halving.write_text(yaml.safe_dump(raw, sort_keys=False))
     store = tmp / "store"
@@ -139,7 +187,7 @@ def main() -> None:
         searched, searched_sweep = Path(args.searched), yaml.safe_load(Path(args.config).read_text())["name"]
     else:
         t = time.perf_counter()
-        run(halving, store, Path(args.zip).resolve(), tmp / "halving.log")
+        run(halving, store, Path(args.zip).resolve(), tmp / "halving.log", parallel)
         print(f"halving run: {time.perf_counter() - t:.0f} s with prepare (log {tmp / 'halving.log'})")
     # the same trials, trained to the end: their configs from the halving run's trial records
     sweep = parse_sweep(raw)
@@ -151,13 +199,20 @@ def main() -> None:
             "variants": [v.model_dump() for v in trials]}
     (tmp / "full.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
     t = time.perf_counter()
-    run(tmp / "full.yaml", store, Path(args.zip).resolve(), tmp / "full.log")
+    run(tmp / "full.yaml", store, Path(args.zip).resolve(), tmp / "full.log", parallel)
     print(f"full run: {time.perf_counter() - t:.0f} s with prepare (log {tmp / 'full.log'})")
     names = [v.name for v in trials]
     a, b = outcome(searched, searched_sweep, names), outcome(store, "bench-full", names)
     print(f"{'':22}{'trials':>7}{'trial-epochs':>14}{'wall s':>9}{'best val':>10}  best trial")
     for label, o in ((f"{search['name']} halving", a), ("same trials, full", b)):
         print(f"{label:22}{o['trials']:>7}{o['epochs']:>14}{o['wall']:>9.0f}{o['val']:>10.3f}  {o['best']}")
+    print(f"the full side's curves replayed ({parallel} at a time, in trial order) under other early stopping:")
+    print(f"{'method':20}{'min_epochs':>10}{'reduction':>10}  {'rungs':18}{'trial-epochs':>14}{'finished':>9}"
+          f"{'best val':>10}  best trial")
+    for r in replay(store, "bench-full", names, sweep.searches[0], trials[0].epochs, parallel):
+        cost = f"{r['epochs']} ({r['epochs'] / b['epochs']:.0%})"
+        print(f"{r['method']:20}{r['min_epochs']:>10}{r['reduction_factor']:>10}  {str(r['rungs']):18}{cost:>14}"
+              f"{r['finished']:>9}{r['val']:>10.3f}  {r['best']}")
     print(f"search: {a['epochs']}/{b['epochs']} trial-epochs ({a['epochs'] / b['epochs']:.0%}), "
           f"{a['wall']:.0f}/{b['wall']:.0f} s ({a['wall'] / max(b['wall'], 1e-9):.0%}), best val "
           f"{a['val']:.3f} ({a['best']}) vs {b['val']:.3f} ({b['best']}) with early stopping {search['early_stopping']}")

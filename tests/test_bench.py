@@ -38,3 +38,12 @@ def test_bench_search_quick_compares_halving_with_the_same_trials_trained_to_the
     halving, full = map(int, last.removeprefix("search: ").split(" ")[0].split("/"))
     assert full == 4 * 3 and 4 <= halving <= full  # 4 trials of 3 epochs; each trial trains at least its first
     assert "quick halving" in done.stdout and "same trials, full" in done.stdout
+    # the replay: both methods, min_epochs 1 and 2 (below the 3 epochs), reduction 2-4; every trial trains its first
+    # epoch, none more than all of them; something finishes
+    replayed = [line.split() for line in done.stdout.splitlines() if line.startswith(("successive_halving ",
+                                                                                     "hyperband "))]
+    assert sorted((r[0], r[1], r[2]) for r in replayed) == sorted(
+        (method, m, eta) for method in ("hyperband", "successive_halving") for m in "12" for eta in "234")
+    for r in replayed:
+        epochs = int(r[-5])
+        assert 4 <= epochs <= 12 and int(r[-3]) >= 1, r

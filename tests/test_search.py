@@ -217,23 +217,21 @@ def test_real_local_search_prunes_and_survives_a_killed_driver(dataset_zip, tmp_
     assert summary["best"]["variant"] == best["variant"]
 
 
-def test_the_recommended_search_fits_sweep_yaml():
-    """bench_search.py's RECOMMENDED (README: Searches) is valid against the shipped sweep.yaml: mnv3s-d's recipe at
-    128 px, its first rung the first fine-tuning epoch."""
-    import importlib.util
-
-    found = importlib.util.spec_from_file_location("bench_search", ROOT / "bench" / "bench_search.py")
-    bench = importlib.util.module_from_spec(found)
-    found.loader.exec_module(bench)
+def test_sweep_yaml_search_is_mnv3s_d_in_one_phase():
+    """sweep.yaml's search (README: Searches; bench_search.py runs it) is mnv3s-d's recipe in one phase: the
+    backbone, size, optimizer and augmentation of mnv3s-d, every trial's own point of the space, rungs at 1, 3, 9."""
     raw = yaml.safe_load((ROOT / "sweep.yaml").read_text())
-    sweep = parse_sweep({**raw, "searches": [bench.RECOMMENDED]})
-    search = sweep.searches[0]
-    trial = trial_variant(sweep, search, 23, {"finetune_learning_rate": 1e-4, "trainable_layers": "all",
-                                              "dropout": 0.3, "augment.frame": 0.4, "label_smoothing": 0.1})
+    sweep = parse_sweep(raw)
+    search = next(s for s in sweep.searches if s.name == "mnv3s-search")
+    d = sweep.variant("mnv3s-d")
+    trial = trial_variant(sweep, search, 23, {"learning_rate": 1e-4, "trainable_layers": "all", "dropout": 0.3,
+                                              "augment.frame": 0.4, "label_smoothing": 0.1})
     assert (trial.name, trial.backbone, trial.image_size, trial.epochs, trial.head_epochs) == (
-        "mnv3s-search-23", "small", 128, 8, 1)
-    assert (trial.optimizer, trial.augment.frame, trial.augment.border) == ("adam", 0.4, 0.3)
-    assert rungs(search, trial.epochs) == [2, 6]
+        "mnv3s-search-23", d.backbone, d.image_size, d.epochs, 0)
+    assert (trial.optimizer, trial.learning_rate, trial.augment.frame, trial.augment.border) == (
+        d.optimizer, 1e-4, 0.4, d.augment.border)
+    assert trial.config_hash != d.config_hash
+    assert rungs(search, trial.epochs) == [1, 3, 9]
 
 
 def test_hyperband_prunes_through_the_same_driver(tmp_path):
@@ -307,6 +305,7 @@ def test_prepare_writes_every_size_a_searchs_trials_can_have(tmp_path):
     from common.config import load_sweep
 
     spec = yaml.safe_load((ROOT / "sweep.yaml").read_text())
+    spec["searches"][0]["base"]["image_size"] = 160  # a size no variant has
     path = tmp_path / "spec.yaml"
 
     def sizes(space_size=None):
