@@ -30,9 +30,9 @@ def test_shipped_specs_have_the_seed_variants():
     # issue 19: the report's three recipes on MobileNetV3Small too, with the ImageNet weights
     small = [v for v in sweep.variants if v.kind == "finetune" and v.backbone == "small"]
     assert [v.lr_patience for v in small[:3]] == [8, 4, 2] and all(v.weights == "imagenet" for v in small)
-    # issue 22: a search over mnv3s-d's recipe at 160 px, whose size prepare writes too
+    # issue 22: a search over mnv3s-d's recipe at its 224 px (prepare writes a search's sizes too: test_search.py)
     assert [s.base.get("extends") for s in sweep.searches] == ["mnv3s-d"]
-    assert sweep.image_sizes == [64, 160, 224, 256]
+    assert sweep.image_sizes == [64, 224, 256]
     # issue 13: every variant frame-robust and flip-averaged; the top-3 ensemble row
     assert all(v.augment.frame and v.augment.border and v.test_time_flip for v in sweep.variants)
     assert sweep.ensemble_top_k == 3
