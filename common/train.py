@@ -169,6 +169,7 @@ def recorded_run(store: Store, prefix: str, variant: Variant):
     SIGTERM handler; any failure is recorded in the store before it propagates (`Reporter.failed`)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"aquarium-{variant.name}-"))
     reporter = Reporter(store, prefix, variant, workdir)
+    _sigterm_seen[0] = False
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield reporter
@@ -370,8 +371,25 @@ def fit(model, data: Data, variant: Variant, callbacks: list, initial_epoch: int
                      callbacks=callbacks, class_weight=weights, shuffle=False, verbose=2)
 
 
+SIGTERM_MESSAGE = "received SIGTERM: stopped after the last checkpointed epoch; rerun to resume"
+_sigterm_seen = [False]  # set by _on_sigterm, read by SigtermStop
+
+
 def _on_sigterm(signum, frame):
-    raise Interrupted("received SIGTERM: stopped after the last checkpointed epoch; rerun to resume")
+    _sigterm_seen[0] = True
+    raise Interrupted(SIGTERM_MESSAGE)
+
+
+class SigtermStop(keras.callbacks.Callback):
+    """Raises Interrupted after the batch in which SIGTERM came. `_on_sigterm` raises at once, but a raise that
+    lands while Python runs a finaliser (a tf.data iterator's `__del__`, collected between batches) is only printed
+    ("Exception ignored in ...") and training would carry on to the end; this sees the flag the handler left."""
+
+    def _check(self, step, logs=None):
+        if _sigterm_seen[0]:
+            raise Interrupted(SIGTERM_MESSAGE)
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = _check
 
 
 def run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool = False) -> dict:
@@ -421,8 +439,8 @@ def _run_variant(store: Store, sweep: Sweep, variant: Variant, force: bool, held
             reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=variant.lr_factor,
                                                           patience=variant.lr_patience, min_lr=variant.min_lr)
             checkpoint = reporter.checkpoint = StoreCheckpoint(reporter, early_stop, reduce_lr, state)
-            fit(model, data, variant, [early_stop, reduce_lr, checkpoint, *([stopper] if stopper else [])],
-                initial_epoch=first, epochs=phase.end)
+            fit(model, data, variant, [SigtermStop(), early_stop, reduce_lr, checkpoint,
+                                       *([stopper] if stopper else [])], initial_epoch=first, epochs=phase.end)
             checkpoint.flush()
             if phase.end >= variant.epochs or (stopper and stopper.stopped_at):
                 break

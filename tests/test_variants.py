@@ -232,6 +232,35 @@ def test_sigterm_saves_progress_and_exits_143(prepared, tmp_path):
     assert store.exists(f"{prefix}/job.log") and store.is_complete(prefix) is None
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the printed raise, as intended
+def test_a_sigterm_swallowed_by_a_finaliser_still_stops_training():
+    """The handler's raise can land in a finaliser (`__del__` of a collected tf.data iterator), where Python only
+    prints it ("Exception ignored in ..."): SigtermStop, in every fit, raises Interrupted after the next batch."""
+    import keras
+
+    from common import train
+    from common.errors import Interrupted
+
+    class Finaliser:
+        def __del__(self):
+            train._on_sigterm(signal.SIGTERM, None)
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    train._sigterm_seen[0] = False
+    try:
+        Finaliser()  # collected at once: the Interrupted it raises is printed, not raised here
+        assert train._sigterm_seen[0]
+        batches = []
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            model.fit(np.zeros((64, 4), "float32"), np.zeros((64, 2), "float32"), batch_size=8, epochs=3, verbose=0,
+                      callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: batches.append(b)),
+                                 train.SigtermStop()])
+        assert batches == [0]  # stopped after the first batch, not at the end of the three epochs
+    finally:
+        train._sigterm_seen[0] = False
+
+
 def test_missing_dataset_is_bad_input_and_recorded(s3_env, tmp_path):
     config = spec(tmp_path)
     done = aquarium("train-variant", "--config", config, "--variant", "cnn-a", "--store", s3_env)
