@@ -11,10 +11,9 @@
    The prepared dataset is shared (prepare runs once).
 Printed side by side: trials, trial-epochs (epochs trained, all trials together), wall time of the trials (first
 start to last end, from their status.json: prepare left out; each run is stopped when its aggregate starts), best
-validation accuracy and its trial; then the full side's measured curves replayed under other early-stopping
-settings (`replay`); last `search: ...` with the halving run's cost as a share of the full one. At
-full length (sweep.yaml's search: 24 trials of 20 epochs at 224 px) it takes over an hour on 2 cores: run it on a
-quiet machine.
+validation accuracy and its trial; then the full side's measured curves replayed under other early stopping
+(`replay`); last `search: ...` with the halving run's cost as a share of the full one. At full length (sweep.yaml's
+search: 24 trials of 20 epochs at 224 px) it takes over an hour on 2 cores: run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -103,59 +102,69 @@ def outcome(store: Path, sweep: str, names: list[str]) -> dict:
             "best": best, "val": vals.get(best, float("nan"))}
 
 
-def replay(store: Path, sweep: str, names: list[str], search, epochs: int, parallel: int) -> list[dict]:
-    """What other early stopping (successive halving and Hyperband, each `min_epochs` and `reduction_factor`) would
-    have cost and found on these very trials: the full side's measured curves (history.csv) replayed in trial order, `parallel` at a time, each
-    epoch taking its trial's measured seconds per epoch, Optuna's pruner judging at every rung as the driver does
-    (the study named as the search's: Hyperband's brackets hang on the name).
-    It reproduces the order in which trials reach a rung, so the asynchronous promotions too; a `tpe` search would
-    have asked other trials after its first ten, which no replay can know."""
-    import optuna
-
-    from common.config import EarlyStop
-    from common.search import pruner, rungs
-
-    curves = {}
+def curves(store: Path, sweep: str, names: list[str]) -> dict[str, tuple[list[float], float, float]]:
+    """Per trial of a finished run: val accuracy per epoch (history.csv), the result (metrics.json) and its
+    measured seconds per epoch (status.json's start to end over the epochs)."""
+    out = {}
     for name in names:
         folder = store / "sweeps" / sweep / "variants" / name
         vals = [float(r["val_accuracy"]) for r in csv.DictReader((folder / "history.csv").open())]
         status = json.loads((folder / "status.json").read_text())
         wall = datetime.fromisoformat(status["finished_at"]) - datetime.fromisoformat(status["started_at"])
-        curves[name] = (vals, json.loads((folder / "metrics.json").read_text())["val_accuracy"],
-                        wall.total_seconds() / max(len(vals), 1))
-    rows = []
-    for method, m, eta in itertools.product(("successive_halving", "hyperband"), (1, 2, 3), (2, 3, 4)):
-        if m >= epochs:
+        out[name] = (vals, json.loads((folder / "metrics.json").read_text())["val_accuracy"],
+                     wall.total_seconds() / max(len(vals), 1))
+    return out
+
+
+def replay_one(measured: dict, search, epochs: int, parallel: int) -> dict:
+    """One early stopping on measured curves: the trials in order, `parallel` at a time, each epoch taking its
+    trial's measured seconds, Optuna's pruner judging at every rung as the driver does (the study named as the
+    search: Hyperband's brackets hang on the name). So the order in which trials reach a rung, and with it the
+    asynchronous promotions, are the real run's; a `tpe` search would have asked other trials after its tenth."""
+    import optuna
+
+    from common.search import pruner, rungs
+
+    study = optuna.create_study(study_name=search.name, direction="maximize", pruner=pruner(search, epochs))
+    queue, events, asked, trained, finished = list(measured), [], {}, 0, {}
+
+    def start(name: str, now: float) -> None:
+        asked[name] = study.ask()
+        heapq.heappush(events, (now + measured[name][2], name, 1))
+
+    for _ in range(min(parallel, len(queue))):
+        start(queue.pop(0), 0.0)
+    while events:  # the next epoch to end, of whichever trial
+        now, name, epoch = heapq.heappop(events)
+        vals, final, per_epoch = measured[name]
+        trial, trained = asked[name], trained + 1
+        trial.report(vals[epoch - 1], epoch)
+        if epoch == len(vals):  # trained to the end (or its own EarlyStopping)
+            study.tell(trial, final)
+            finished[name] = final
+        elif epoch in rungs(search, epochs) and trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            heapq.heappush(events, (now + per_epoch, name, epoch + 1))
             continue
-        s = search.model_copy(update={"early_stopping": EarlyStop(method=method, min_epochs=m,
-                                                                    reduction_factor=eta)})
-        study = optuna.create_study(study_name=search.name, direction="maximize", pruner=pruner(s, epochs))
-        queue, events, asked, trained, finished = list(names), [], {}, 0, {}
+        if queue:
+            start(queue.pop(0), now)
+    best = max(finished, key=lambda n: (finished[n], n), default="-")
+    return {"rungs": rungs(search, epochs), "epochs": trained, "finished": len(finished), "best": best,
+            "val": finished.get(best, math.nan)}
 
-        def start(name: str, now: float) -> None:
-            asked[name] = study.ask()
-            heapq.heappush(events, (now + curves[name][2], name, 1))
 
-        for _ in range(min(parallel, len(queue))):
-            start(queue.pop(0), 0.0)
-        while events:  # the next epoch to end, of whichever trial
-            now, name, epoch = heapq.heappop(events)
-            vals, final, per_epoch = curves[name]
-            trial, trained = asked[name], trained + 1
-            trial.report(vals[epoch - 1], epoch)
-            if epoch == len(vals):  # trained to the end (or its own EarlyStopping)
-                study.tell(trial, final)
-                finished[name] = final
-            elif epoch in rungs(s, epochs) and trial.should_prune():
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                heapq.heappush(events, (now + per_epoch, name, epoch + 1))
-                continue
-            if queue:
-                start(queue.pop(0), now)
-        best = max(finished, key=lambda n: (finished[n], n), default="-")
-        rows.append({"method": method, "min_epochs": m, "reduction_factor": eta, "rungs": rungs(s, epochs),
-                     "epochs": trained, "finished": len(finished), "best": best, "val": finished.get(best, math.nan)})
+def replay(store: Path, sweep: str, names: list[str], search, epochs: int, parallel: int) -> list[dict]:
+    """What other early stopping -- successive halving and Hyperband, `min_epochs` 1-3, `reduction_factor` 2-4 --
+    would have cost and kept on these very trials, trained to the end in `sweep` (`replay_one` each)."""
+    from common.config import EarlyStop
+
+    measured, rows = curves(store, sweep, names), []
+    for method, m, eta in itertools.product(("successive_halving", "hyperband"), (1, 2, 3), (2, 3, 4)):
+        if m < epochs:
+            stop = EarlyStop(method=method, min_epochs=m, reduction_factor=eta)
+            rows.append({"method": method, "min_epochs": m, "reduction_factor": eta,
+                         **replay_one(measured, search.model_copy(update={"early_stopping": stop}), epochs, parallel)})
     return rows
 
 
@@ -215,7 +224,8 @@ def main() -> None:
               f"{r['finished']:>9}{r['val']:>10.3f}  {r['best']}")
     print(f"search: {a['epochs']}/{b['epochs']} trial-epochs ({a['epochs'] / b['epochs']:.0%}), "
           f"{a['wall']:.0f}/{b['wall']:.0f} s ({a['wall'] / max(b['wall'], 1e-9):.0%}), best val "
-          f"{a['val']:.3f} ({a['best']}) vs {b['val']:.3f} ({b['best']}) with early stopping {search['early_stopping']}")
+          f"{a['val']:.3f} ({a['best']}) vs {b['val']:.3f} ({b['best']}) with early stopping "
+          f"{search['early_stopping']}")
 
 
 if __name__ == "__main__":
