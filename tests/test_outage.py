@@ -143,17 +143,17 @@ def test_sweep_survives_a_20s_store_outage_without_retraining_checkpointed_epoch
         history = list(csv.DictReader(io.StringIO(direct.get_text(f"{prefix}/history.csv"))))
         assert [int(r["epoch"]) for r in history] == list(range(1, 9))
         tries = attempts((tmp_path / "logs" / sweep.name / f"{name}.log").read_text())
-        saved, trained, resumed = set(), set(), 0
+        saved, trained = set(), set()
         for t in tries:
             if t["trained"] or t["resumed"]:  # (a start that failed before training resumed nothing)
                 # resumes after its last logged checkpoint -- or after a later epoch it trained, whose state.json
                 # reached the server while the outage cut the reply, so the job never logged it
                 assert max(saved, default=0) <= t["resumed"] <= max(trained, default=0), tries
                 assert t["trained"][:1] in ([], [t["resumed"] + 1]), tries  # ...and goes on from the next epoch
-                resumed = max(resumed, t["resumed"])
             assert not saved & set(t["trained"]), tries  # never trains a checkpointed epoch again
             saved |= set(t["saved"])
             trained |= set(t["trained"])
+        resumed = max((t["resumed"] for t in tries), default=0)
         assert saved | set(range(1, resumed + 1)) == set(range(1, 9)), tries  # every epoch reached the store
     retried = [n for n in sweep.names if len(attempts((tmp_path / "logs" / sweep.name / f"{n}.log").read_text())) > 1]
     assert retried, out[-3000:]  # the outage really hit a job, and the executor ran it again
